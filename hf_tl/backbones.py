@@ -1,0 +1,85 @@
+"""Load a backbone and its image processor, and give it a fresh head for the dataset's classes."""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
+
+from hf_tl.blocks import layout
+from hf_tl.errors import HfTlError
+from hf_tl.recipe import ModelSection
+
+logger = logging.getLogger(__name__)
+
+MLP_HIDDEN = 256
+
+
+def load_backbone(cfg: ModelSection, labels: list[str]) -> tuple[PreTrainedModel, object]:
+    """The model with new head(s) for `labels`, and the image processor it was trained with."""
+    model = load_model(cfg)
+    replace_heads(model, labels, cfg.head)
+    return model, load_processor(cfg)
+
+
+def load_model(cfg: ModelSection) -> PreTrainedModel:
+    kwargs = _hub_kwargs(cfg)
+    try:
+        if cfg.weights == "none":
+            config = AutoConfig.from_pretrained(cfg.name, **kwargs)
+            return AutoModelForImageClassification.from_config(config, trust_remote_code=cfg.trust_remote_code)
+        return AutoModelForImageClassification.from_pretrained(cfg.name, **kwargs)
+    except OSError as e:
+        raise HfTlError(_unreachable(cfg.name, e)) from None
+
+
+def load_processor(cfg: ModelSection) -> object:
+    try:
+        return AutoImageProcessor.from_pretrained(cfg.name, **_hub_kwargs(cfg))
+    except OSError as e:
+        raise HfTlError(_unreachable(cfg.name, e)) from None
+
+
+def build_head(in_features: int, num_labels: int, kind: str) -> nn.Module:
+    """`linear`, or Malpure et al. 2021's MLP head."""
+    if kind == "linear":
+        return nn.Linear(in_features, num_labels)
+    return nn.Sequential(
+        nn.Linear(in_features, MLP_HIDDEN), nn.ELU(), nn.Dropout(0.5), nn.Linear(MLP_HIDDEN, num_labels)
+    )
+
+
+def replace_heads(model: PreTrainedModel, labels: list[str], kind: str) -> None:
+    """Always a fresh head: a pretrained one of the same size would keep another task's meaning."""
+    for name in layout(model).heads:
+        old = model.get_submodule(name)
+        new = build_head(_in_features(old, model), len(labels), kind)
+        new.apply(model._init_weights)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+    model.config.num_labels = len(labels)
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {label: i for i, label in enumerate(labels)}
+
+
+def _in_features(head: nn.Module, model: PreTrainedModel) -> int:
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return linears[0].in_features
+    config = model.config
+    return getattr(config, "hidden_size", None) or config.hidden_sizes[-1]
+
+
+def _hub_kwargs(cfg: ModelSection) -> dict:
+    if cfg.trust_remote_code:
+        logger.warning("model.trust_remote_code=true: running code shipped with %s.", cfg.name)
+    return {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+
+
+def _unreachable(name: str, error: Exception) -> str:
+    return (
+        f"could not load model '{name}': {error}\n"
+        "  If this is a Hub id, the Hub may be unreachable: download it where there is network, "
+        "or pass a local directory as model.name=/path/to/checkpoint (set HF_HUB_OFFLINE=1 to use only the cache)."
+    )

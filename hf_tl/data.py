@@ -1,0 +1,164 @@
+"""Datasets in, train/eval splits out: loading, column detection, seeded split, transforms, collator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+from hf_tl.errors import DataError
+from hf_tl.recipe import DataSection
+
+INTERPOLATIONS = {
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "nearest": InterpolationMode.NEAREST,
+}
+
+
+@dataclass
+class Splits:
+    train: Dataset
+    eval: Dataset
+    labels: list[str]
+    image_column: str
+    label_column: str
+    eval_split: str
+
+
+def load_splits(cfg: DataSection, seed: int) -> Splits:
+    """Train and eval sets with a ClassLabel label column; eval is seeded-split from train if absent."""
+    dataset = open_dataset(cfg)
+    train = _split(dataset, cfg.train_split, "data.train_split")
+    image_column, label_column = detect_columns(train, cfg)
+    train = _as_class_label(train, label_column)
+    if cfg.eval_split:
+        eval_set, eval_name = _split(dataset, cfg.eval_split, "data.eval_split"), cfg.eval_split
+        eval_set = _labels_like(eval_set, train, label_column)
+    elif "validation" in dataset:
+        eval_set, eval_name = _labels_like(dataset["validation"], train, label_column), "validation"
+    else:
+        train, eval_set = _seeded_split(train, label_column, cfg.val_fraction, seed)
+        eval_name = f"{cfg.train_split}[{cfg.val_fraction:.0%} held out, seed {seed}]"
+    labels = train.features[label_column].names
+    if len(labels) < 2:
+        raise DataError(
+            f"column '{label_column}' has {len(labels)} class(es): {labels}; classification needs at least 2."
+        )
+    train = _first(train.shuffle(seed=seed), cfg.max_train_samples) if cfg.max_train_samples else train
+    eval_set = _first(eval_set, cfg.max_eval_samples)
+    for name, part in (("training", train), ("evaluation", eval_set)):
+        if len(part) == 0:
+            raise DataError(f"the {name} split of '{cfg.dataset}' is empty; check data.*_split and max_*_samples.")
+    return Splits(train, eval_set, labels, image_column, label_column, eval_name)
+
+
+def open_dataset(cfg: DataSection) -> DatasetDict:
+    """A Hub id, a directory written by save_to_disk, or any folder load_dataset understands."""
+    path = Path(cfg.dataset).expanduser()
+    if path.exists():
+        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+            loaded = load_from_disk(str(path))
+            return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+        return load_dataset(str(path), cfg.config_name)
+    if cfg.dataset.startswith(("/", "./", "../", "~")) or cfg.dataset.count("/") > 1:
+        raise DataError(f"dataset path '{cfg.dataset}' does not exist. Give an existing directory or a Hub id.")
+    try:
+        return load_dataset(cfg.dataset, cfg.config_name)
+    except (ConnectionError, FileNotFoundError, OSError) as e:
+        raise DataError(
+            f"could not load dataset '{cfg.dataset}': {e}\n  If the Hub is unreachable, point data.dataset "
+            "at a local image folder or a directory written by Dataset.save_to_disk."
+        ) from None
+
+
+def detect_columns(dataset: Dataset, cfg: DataSection) -> tuple[str, str]:
+    """The Image and ClassLabel columns, unless the recipe names them."""
+    features = dataset.features
+    image = cfg.image_column or next((c for c, f in features.items() if isinstance(f, Image)), None)
+    label = cfg.label_column or next((c for c, f in features.items() if isinstance(f, ClassLabel)), None)
+    columns = ", ".join(f"{c} ({type(f).__name__})" for c, f in features.items())
+    for key, column, kind in (("data.image_column", image, "an Image"), ("data.label_column", label, "a ClassLabel")):
+        if column is None:
+            raise DataError(f"no column of {kind} type found; set {key}=NAME. Columns: {columns}")
+        if column not in features:
+            raise DataError(f"{key}='{column}' is not a column of this dataset. Columns: {columns}")
+    return image, label
+
+
+def input_size(processor: Any) -> tuple[int, int]:
+    """The (height, width) the model was trained at, from its image processor."""
+    size = processor.crop_size if getattr(processor, "do_center_crop", False) else processor.size
+    get = size.get if isinstance(size, dict) else lambda k: getattr(size, k, None)
+    if get("height") and get("width"):
+        return get("height"), get("width")
+    edge = get("shortest_edge") or get("longest_edge")
+    if edge:
+        return edge, edge
+    raise DataError(f"cannot tell the input size from the image processor's size {size}.")
+
+
+def make_transform(processor: Any, cfg: DataSection, train: bool, image_column: str, label_column: str):
+    """A batched `with_transform` function: RGB, resize to the model's size, flip (train), normalise."""
+    steps = [T.ToImage(), T.Resize(input_size(processor), INTERPOLATIONS[cfg.interpolation], antialias=True)]
+    if train and cfg.hflip:
+        steps.append(T.RandomHorizontalFlip())
+    steps.append(T.ToDtype(torch.float32, scale=True))
+    if getattr(processor, "do_normalize", True):
+        steps.append(T.Normalize(list(processor.image_mean), list(processor.image_std)))
+    pipeline = T.Compose(steps)
+
+    def transform(batch: dict) -> dict:
+        return {
+            "pixel_values": [pipeline(img.convert("RGB")) for img in batch[image_column]],
+            "labels": batch[label_column],
+        }
+
+    return transform
+
+
+def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
+    return {
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        "labels": torch.tensor([e["labels"] for e in examples]),
+    }
+
+
+def _split(dataset: DatasetDict, name: str, key: str) -> Dataset:
+    if name not in dataset:
+        raise DataError(f"{key}='{name}' is not a split of this dataset. Splits: {', '.join(dataset)}")
+    return dataset[name]
+
+
+def _as_class_label(dataset: Dataset, column: str) -> Dataset:
+    if isinstance(dataset.features[column], ClassLabel):
+        return dataset
+    return dataset.class_encode_column(column)
+
+
+def _labels_like(dataset: Dataset, reference: Dataset, column: str) -> Dataset:
+    """Give `dataset` the label ids of `reference`, whatever order its own classes come in."""
+    target = reference.features[column]
+    feature = dataset.features[column]
+    if feature == target:
+        return dataset
+    if isinstance(feature, ClassLabel):
+        return dataset.align_labels_with_mapping(target._str2int, column)
+    return dataset.cast_column(column, target)
+
+
+def _seeded_split(train: Dataset, label_column: str, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    try:
+        parts = train.train_test_split(test_size=fraction, seed=seed, stratify_by_column=label_column)
+    except ValueError:  # a class too small to stratify
+        parts = train.train_test_split(test_size=fraction, seed=seed)
+    return parts["train"], parts["test"]
+
+
+def _first(dataset: Dataset, n: int | None) -> Dataset:
+    return dataset if n is None else dataset.select(range(min(n, len(dataset))))

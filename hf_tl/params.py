@@ -1,0 +1,54 @@
+"""`python -m hf_tl.params recipe=NAME [key=value ...] [--json]`: what a strategy trains, from the config alone.
+
+No data and no weights: the model is built on the meta device from its config, so even
+ViT-L counts in a second. `model.num_labels=N` sets the class count (default 10).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+from transformers import AutoConfig, AutoModelForImageClassification
+
+from hf_tl.backbones import replace_heads
+from hf_tl.errors import HfTlError, cli
+from hf_tl.recipe import Recipe, recipe_from_argv
+from hf_tl.strategies import Summary, apply_strategy
+
+DEFAULT_NUM_LABELS = 10
+
+
+def count_parameters(recipe: Recipe) -> Summary:
+    try:
+        config = AutoConfig.from_pretrained(
+            recipe.model.name, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code
+        )
+    except OSError as e:
+        raise HfTlError(f"could not read the config of '{recipe.model.name}': {e}") from None
+    with torch.device("meta"):
+        model = AutoModelForImageClassification.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
+        labels = [str(i) for i in range(recipe.model.num_labels or DEFAULT_NUM_LABELS)]
+        replace_heads(model, labels, recipe.model.head)
+        _, summary = apply_strategy(model, recipe.strategy)
+    return summary
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in args
+    summary = count_parameters(recipe_from_argv([a for a in args if a != "--json"]))
+    if as_json:
+        print(json.dumps(summary.to_dict()))
+        return
+    print(f"strategy:           {summary.kind}")
+    print(f"trainable:          {summary.trainable:,} of {summary.total:,} ({summary.trainable / summary.total:.2%})")
+    print(f"trainable backbone: {summary.trainable_backbone:,}")
+    print(f"trainable head:     {summary.trainable_head:,}")
+    print("trainable modules:  " + ("\n" + " " * 20).join(summary.trainable_modules or ["(none)"]))
+
+
+if __name__ == "__main__":
+    main()

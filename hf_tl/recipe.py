@@ -1,0 +1,299 @@
+"""Recipes: YAML files mapped onto typed sections, with dotted `key=value` overrides.
+
+A recipe is data. It is read with OmegaConf's safe YAML loader, merged onto the
+dataclasses below (which check types and unknown keys), then checked against each
+field's `choices` and `min`. Every mistake becomes a `RecipeError` that names the key,
+the bad value and what is allowed, with a did-you-mean where one is close.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf, errors
+
+from hf_tl.errors import RecipeError
+from hf_tl.resources import asset_path, recipe_dir
+
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+)
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "adafactor")
+STRATEGIES = ("full", "linear_probe", "last_block", "lora")
+
+
+def _opt(default: Any, help: str, choices: tuple = (), min: float | None = None, **kw: Any) -> Any:
+    """A dataclass field carrying its help text and the checks OmegaConf cannot express."""
+    meta = {"help": help, "choices": choices, "min": min}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class ModelSection:
+    name: str = _opt(MISSING, "Hub id or local directory of an image-classification checkpoint.")
+    revision: Optional[str] = _opt(None, "Hub revision (branch, tag or commit) of model.name.")
+    weights: str = _opt("pretrained", "'none' builds the model from its config alone.", ("pretrained", "none"))
+    head: str = _opt("linear", "'mlp' is Malpure et al.'s Linear(d,256)-ELU-Dropout(0.5)-Linear.", ("linear", "mlp"))
+    num_labels: Optional[int] = _opt(None, "Class count when no dataset is read (hf_tl.params).", min=1)
+    trust_remote_code: bool = _opt(False, "Run code shipped with the checkpoint. Only for sources you trust.")
+
+
+@dataclass
+class StrategySection:
+    kind: str = _opt("full", "Which parameters train.", STRATEGIES)
+    r: int = _opt(8, "LoRA rank.", min=1)
+    alpha: int = _opt(16, "LoRA scaling alpha.", min=1)
+    dropout: float = _opt(0.1, "LoRA dropout.", min=0.0)
+    target_modules: list[str] = _opt([], "LoRA target module names; empty reads the family's default from the model.")
+
+
+@dataclass
+class DataSection:
+    dataset: str = _opt(MISSING, "Hub id, image-folder directory, or a directory written by save_to_disk.")
+    config_name: Optional[str] = _opt(None, "Dataset configuration name on the Hub.")
+    train_split: str = _opt("train", "Split to train on.")
+    eval_split: Optional[str] = _opt(None, "Split to validate on; default 'validation', else a seeded split of train.")
+    val_fraction: float = _opt(0.1, "Share of train held out when the dataset has no validation split.", min=0.0)
+    image_column: Optional[str] = _opt(None, "Image column; detected from the features when unset.")
+    label_column: Optional[str] = _opt(None, "Label column; detected from the features when unset.")
+    max_train_samples: Optional[int] = _opt(None, "Keep this many training examples (seeded).", min=1)
+    max_eval_samples: Optional[int] = _opt(None, "Keep this many validation examples.", min=1)
+    interpolation: str = _opt(
+        "bilinear", "Resize to the model's input size with this filter.", ("bilinear", "bicubic", "nearest")
+    )
+    hflip: bool = _opt(True, "Random horizontal flip while training.")
+    num_workers: int = _opt(0, "Data-loader worker processes.", min=0)
+
+
+@dataclass
+class TrainingSection:
+    epochs: float = _opt(3.0, "Training epochs.", min=0.0)
+    max_steps: int = _opt(-1, "Stop after this many optimizer steps; -1 uses epochs.", min=-1)
+    batch_size: int = _opt(32, "Per-device training batch size.", min=1)
+    eval_batch_size: Optional[int] = _opt(None, "Per-device evaluation batch size; default batch_size.", min=1)
+    grad_accum: int = _opt(1, "Gradient accumulation steps.", min=1)
+    lr: float = _opt(5e-5, "Peak learning rate.", min=0.0)
+    weight_decay: float = _opt(0.0, "Weight decay.", min=0.0)
+    warmup_ratio: float = _opt(0.0, "Share of steps spent warming up.", min=0.0)
+    scheduler: str = _opt("linear", "Learning-rate schedule (transformers' names).", SCHEDULERS)
+    scheduler_kwargs: dict[str, Any] = _opt({}, "Extra scheduler arguments, e.g. {factor: 0.6, min_lr: 1e-7}.")
+    optimizer: str = _opt("adamw_torch", "Optimizer (transformers' names).", OPTIMIZERS)
+    precision: str = _opt("fp32", "Mixed precision.", ("fp32", "bf16", "fp16"))
+    seed: int = _opt(42, "Seed for initialisation, data split and order.")
+    early_stopping_patience: Optional[int] = _opt(None, "Stop after this many evaluations without improvement.", min=1)
+    logging_steps: int = _opt(10, "Log the loss every this many steps.", min=1)
+
+
+@dataclass
+class HubSection:
+    push: bool = _opt(False, "Push the run folder to the Hub at the end of the run.")
+    repo_id: Optional[str] = _opt(None, "Target repository, 'user/name'.")
+    private: bool = _opt(False, "Create the repository private.")
+
+
+@dataclass
+class OutputSection:
+    dir: Optional[str] = _opt(None, "Run folder; default runs/<recipe>-<timestamp>.")
+    overwrite: bool = _opt(False, "Reuse an existing run folder.")
+
+
+@dataclass
+class Recipe:
+    model: ModelSection = field(default_factory=ModelSection)
+    strategy: StrategySection = field(default_factory=StrategySection)
+    data: DataSection = field(default_factory=DataSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    hub: HubSection = field(default_factory=HubSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    name: str = "recipe"
+
+
+SECTIONS = {
+    "model": ModelSection,
+    "strategy": StrategySection,
+    "data": DataSection,
+    "training": TrainingSection,
+    "hub": HubSection,
+    "output": OutputSection,
+}
+_ASSET = re.compile(r"\$\{hf_tl\.asset:([^}]*)\}")
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in recipe_dir().glob("*.yaml"))
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A shipped recipe by name, or a YAML file by path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise RecipeError(f"recipe file '{name_or_path}' does not exist.")
+        return path
+    shipped = recipe_dir() / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    known = available_recipes()
+    raise RecipeError(
+        f"unknown recipe '{name_or_path}'.{_did_you_mean(name_or_path, known)}\n"
+        f"  known recipes: {', '.join(known)}\n"
+        "  or give a path to a .yaml file; `python -m hf_tl.recipes list` shows them all."
+    )
+
+
+def parse_args(argv: list[str]) -> tuple[str, list[str]]:
+    """Split `recipe=NAME key=value ...` into the recipe and its overrides."""
+    recipe, overrides = None, []
+    for arg in argv:
+        if "=" not in arg:
+            raise RecipeError(f"argument '{arg}' is not of the form key=value (e.g. training.lr=3e-4).")
+        key, value = arg.split("=", 1)
+        if key.lstrip("+") == "recipe":
+            recipe = value
+        else:
+            overrides.append(arg)
+    if recipe is None:
+        raise RecipeError(f"no recipe given: start with recipe=NAME. Known recipes: {', '.join(available_recipes())}")
+    return recipe, overrides
+
+
+def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
+    """Load a recipe, apply overrides, and return it typed and checked."""
+    path = find_recipe(name_or_path)
+    raw = _read_yaml(path)
+    schema = OmegaConf.structured(Recipe)
+    try:
+        merged = OmegaConf.merge(schema, raw, {"name": path.stem}, _dotlist(overrides))
+    except errors.ConfigKeyError as e:
+        raise RecipeError(_unknown_key_message(e.full_key)) from None
+    except errors.ValidationError as e:
+        raise RecipeError(_bad_type_message(e.full_key, e.value)) from None
+    _check_missing(merged)
+    _expand_assets(merged)
+    recipe: Recipe = OmegaConf.to_object(merged)
+    _check_values(recipe)
+    return recipe
+
+
+def recipe_from_argv(argv: list[str]) -> Recipe:
+    name, overrides = parse_args(argv)
+    return load_recipe(name, overrides)
+
+
+def to_yaml(recipe: Recipe) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(recipe))
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and OmegaConf's own errors
+        raise RecipeError(f"recipe '{path}' is not valid YAML: {e}") from None
+    if not isinstance(raw, DictConfig):
+        raise RecipeError(f"recipe '{path}' must be a mapping of sections (model, strategy, data, ...).")
+    _reject_interpolations(raw, "")
+    return raw
+
+
+def _dotlist(overrides: list[str]) -> DictConfig:
+    for item in overrides:
+        if "${" in item:
+            raise RecipeError(f"override '{item}': interpolations are not allowed on the command line.")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except Exception as e:
+        raise RecipeError(f"could not parse overrides {list(overrides)}: {e}") from None
+
+
+def _reject_interpolations(node: Any, prefix: str) -> None:
+    """Recipes are data: the only interpolation allowed is `${hf_tl.asset:...}`."""
+    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
+    for key, value in items:
+        full = f"{prefix}{key}"
+        if isinstance(value, (DictConfig, list)) or OmegaConf.is_list(value):
+            _reject_interpolations(value, f"{full}.")
+        elif isinstance(value, str) and "${" in value and not _ASSET.fullmatch(value):
+            raise RecipeError(
+                f"recipe key '{full}': interpolation '{value}' is not allowed; only ${{hf_tl.asset:PATH}}."
+            )
+
+
+def _expand_assets(cfg: DictConfig) -> None:
+    for section in cfg.values() if isinstance(cfg, DictConfig) else ():
+        if not isinstance(section, DictConfig):
+            continue
+        for key, value in section.items_ex(resolve=False):
+            if isinstance(value, str) and (m := _ASSET.fullmatch(value)):
+                section[key] = str(asset_path(m.group(1)))
+
+
+def _check_missing(cfg: DictConfig) -> None:
+    for section_name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if OmegaConf.is_missing(cfg[section_name], f.name):
+                raise RecipeError(
+                    f"recipe key '{section_name}.{f.name}' is required: {f.metadata['help']} "
+                    f"Set it in the recipe or as {section_name}.{f.name}=..."
+                )
+
+
+def _check_values(recipe: Recipe) -> None:
+    for section_name in SECTIONS:
+        section = getattr(recipe, section_name)
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            key = f"{section_name}.{f.name}"
+            choices, low = f.metadata.get("choices"), f.metadata.get("min")
+            if choices and value not in choices:
+                raise RecipeError(
+                    f"recipe key '{key}' got '{value}', which is not one of: {', '.join(choices)}."
+                    f"{_did_you_mean(str(value), choices)}"
+                )
+            if low is not None and value is not None and value < low:
+                raise RecipeError(f"recipe key '{key}' got {value}; it must be at least {low}.")
+    if not 0 < recipe.data.val_fraction < 1:
+        raise RecipeError(
+            f"recipe key 'data.val_fraction' got {recipe.data.val_fraction}; it must lie strictly between 0 and 1."
+        )
+    if recipe.hub.push and not recipe.hub.repo_id:
+        raise RecipeError("hub.push=true needs hub.repo_id=user/name.")
+
+
+def _did_you_mean(value: str, choices: Any) -> str:
+    close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _unknown_key_message(full_key: str) -> str:
+    path = str(full_key).split(".")
+    if path[0] in SECTIONS:
+        valid = [f"{path[0]}.{f.name}" for f in dataclasses.fields(SECTIONS[path[0]])]
+        where = f" in '{path[0]}'"
+    else:
+        valid, where = list(SECTIONS), ""
+    bad = ".".join(path[:2]) if path[0] in SECTIONS else path[0]
+    return f"unknown recipe key '{full_key}'.{_did_you_mean(bad, valid)}\n  valid keys{where}: {', '.join(valid)}"
+
+
+def _bad_type_message(full_key: str, value: Any) -> str:
+    section, _, key = str(full_key).partition(".")
+    types = {f.name: f.type for f in dataclasses.fields(SECTIONS[section])} if section in SECTIONS else {}
+    expected = str(types.get(key, "mapping of keys")).replace("Optional[", "").replace("]", "")
+    if key in types and "Optional" in str(types[key]):
+        expected += " (or null)"
+    return f"recipe key '{full_key}' got {value!r}, which is not a valid {expected}."

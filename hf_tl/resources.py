@@ -1,0 +1,34 @@
+"""Where the files shipped with the package live, in a source checkout and in an installed wheel."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from hf_tl.errors import RecipeError
+
+_CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def _shipped(package: str, checkout_dir: str) -> Path:
+    try:
+        path = Path(str(resources.files(package)))
+        if path.is_dir():
+            return path
+    except ModuleNotFoundError:
+        pass
+    return _CHECKOUT / checkout_dir
+
+
+def recipe_dir() -> Path:
+    """`recipes/` of the checkout, installed as the package data `hf_tl._recipes`."""
+    return _shipped("hf_tl._recipes", "recipes")
+
+
+def asset_path(relative: str) -> Path:
+    """A file or folder under hf_tl/assets, as named by `${hf_tl.asset:...}` in a recipe."""
+    root = Path(__file__).resolve().parent / "assets"
+    path = (root / relative).resolve()
+    if root not in path.parents or not path.exists():
+        raise RecipeError(f"asset '{relative}' does not exist under {root}.")
+    return path

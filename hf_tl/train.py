@@ -1,0 +1,130 @@
+"""`accelerate launch -m hf_tl.train recipe=NAME [key=value ...]`: one fine-tuning run, start to finish.
+
+Thin on purpose: each step is owned by its module (recipe, data, backbones, strategies,
+metrics, rundir); this file only wires them to transformers' Trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from transformers import EarlyStoppingCallback, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from hf_tl import rundir
+from hf_tl.backbones import load_backbone
+from hf_tl.data import Splits, collate, load_splits, make_transform
+from hf_tl.environment import device_info, library_versions, process_state
+from hf_tl.errors import HfTlError, cli
+from hf_tl.export import save_final_model
+from hf_tl.losses import loss_for
+from hf_tl.metrics import compute_metrics, load_metric
+from hf_tl.recipe import Recipe, recipe_from_argv
+from hf_tl.strategies import Summary, apply_strategy
+from hf_tl.timing import EpochTimer
+from hf_tl.trainer import HfTlTrainer, training_arguments
+
+logger = logging.getLogger("hf_tl.train")
+
+
+def build_trainer(recipe: Recipe, run_dir: Path) -> tuple[HfTlTrainer, Splits, Summary, EpochTimer, object]:
+    splits = load_splits(recipe.data, recipe.training.seed)
+    model, processor = load_backbone(recipe.model, splits.labels)
+    model, summary = apply_strategy(model, recipe.strategy)
+    columns = (splits.image_column, splits.label_column)
+    train_set = splits.train.with_transform(make_transform(processor, recipe.data, True, *columns))
+    eval_set = splits.eval.with_transform(make_transform(processor, recipe.data, False, *columns))
+    timer = EpochTimer()
+    callbacks = [timer]
+    if recipe.training.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(recipe.training.early_stopping_patience))
+    trainer = HfTlTrainer(
+        model=model,
+        args=training_arguments(recipe, run_dir / rundir.CHECKPOINTS_DIR),
+        data_collator=collate,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=processor,
+        compute_loss_func=loss_for(model),
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+    )
+    return trainer, splits, summary, timer, processor
+
+
+def evaluate_split(trainer: HfTlTrainer, dataset, labels: list[str], prefix: str) -> dict:
+    """Full metrics on one split, per-class accuracy named by label."""
+    output = trainer.predict(dataset, metric_key_prefix=prefix)
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    full = load_metric().compute(predictions=logits, references=output.label_ids)
+    full["per_class_accuracy"] = dict(zip(labels, full["per_class_accuracy"], strict=True))
+    full["loss"] = output.metrics.get(f"{prefix}_loss")
+    return full
+
+
+def run(recipe: Recipe) -> Path:
+    state = process_state()
+    run_dir = rundir.resolve_run_dir(recipe)
+    rundir.prepare_run_dir(run_dir, recipe, state.is_main_process)
+    set_seed(recipe.training.seed)
+    trainer, splits, summary, timer, processor = build_trainer(recipe, run_dir)
+    if state.is_main_process:
+        print(
+            f"hf_tl: {recipe.model.name} | strategy {summary.kind}: {summary.trainable:,} of {summary.total:,} "
+            f"parameters train | {len(splits.train)} train / {len(splits.eval)} eval images | run folder {run_dir}",
+            flush=True,
+        )
+    checkpoint = get_last_checkpoint(trainer.args.output_dir) if Path(trainer.args.output_dir).is_dir() else None
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    train_wall = time.perf_counter() - started
+    columns = (splits.image_column, splits.label_column)
+    train_eval = splits.train.with_transform(make_transform(processor, recipe.data, False, *columns))
+    metrics = {
+        "recipe": recipe.name,
+        "model": recipe.model.name,
+        "dataset": recipe.data.dataset,
+        "eval_split": splits.eval_split,
+        "num_train_examples": len(splits.train),
+        "num_eval_examples": len(splits.eval),
+        "eval": evaluate_split(trainer, trainer.eval_dataset, splits.labels, "eval"),
+        "train": evaluate_split(trainer, train_eval, splits.labels, "train"),
+        "parameters": summary.to_dict(),
+        "timings": {**timer.to_dict(), "train_wall_seconds": round(train_wall, 3)},
+        "epochs_completed": trainer.state.epoch,
+        "device": device_info(),
+        "versions": library_versions(),
+    }
+    save_final_model(trainer, run_dir)
+    if state.is_main_process:
+        rundir.write_json(run_dir / rundir.LOG_HISTORY_FILE, trainer.state.log_history)
+        rundir.write_json(run_dir / rundir.METRICS_FILE, metrics)
+        shutil.rmtree(run_dir / rundir.CHECKPOINTS_DIR, ignore_errors=True)
+        print(
+            f"hf_tl: eval accuracy {metrics['eval']['accuracy']:.4f}, train accuracy "
+            f"{metrics['train']['accuracy']:.4f}; results in {run_dir}",
+            flush=True,
+        )
+    if recipe.hub.push and state.is_main_process:
+        from hf_tl.hub import push_run
+
+        push_run(run_dir, recipe.hub.repo_id, private=recipe.hub.private)
+    state.wait_for_everyone()
+    return run_dir
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    recipe = recipe_from_argv(sys.argv[1:] if argv is None else argv)
+    try:
+        run(recipe)
+    except KeyboardInterrupt:
+        raise HfTlError("interrupted; run the same command again to resume from the last checkpoint.") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The README's commands as a user types them: `accelerate launch`, one process and two."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_quickstart_runs_offline_under_two_minutes_and_transfers(tmp_path):
+    started = time.perf_counter()
+    result = run_cli("accelerate", "launch", "-m", "hf_tl.train", "recipe=quickstart", cwd=tmp_path)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("quickstart-")
+    assert {"recipe.yaml", "metrics.json", "log_history.json", "model"} <= {p.name for p in run_dir.iterdir()}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["eval"]["accuracy"] >= 0.90
+    assert metrics["parameters"]["kind"] == "last_block"
+    assert metrics["parameters"]["trainable"] < metrics["parameters"]["total"] / 3
+    assert elapsed < 120, f"quickstart took {elapsed:.0f} s"
+
+
+def test_two_processes_on_cpu_write_one_run_folder_covering_the_whole_eval_set(tmp_path):
+    result = run_cli(
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "-m",
+        "hf_tl.train",
+        "recipe=quickstart",
+        "training.epochs=2",
+        "data.max_eval_samples=177",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()  # one folder: both ranks agreed on the timestamp
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["device"]["num_processes"] == 2
+    assert metrics["device"]["distributed_type"] == "MULTI_CPU"
+    # 177 is odd: each rank sees 89 and the gathered predictions drop the padding duplicate.
+    assert metrics["num_eval_examples"] == metrics["eval"]["num_examples"] == 177
+    assert metrics["train"]["num_examples"] == metrics["num_train_examples"]
+    assert result.stdout.count("hf_tl: eval accuracy") == 1

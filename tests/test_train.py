@@ -1,0 +1,162 @@
+"""End-to-end tiny runs: every strategy trains, writes a complete run folder, and reloads with plain transformers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_cli
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+from hf_tl.data import collate, load_splits, make_transform
+from hf_tl.recipe import load_recipe
+from hf_tl.train import run
+
+EXPECTED_TRAINABLE = {
+    ("vit", "full"): [""],
+    ("vit", "linear_probe"): ["classifier"],
+    ("vit", "last_block"): ["vit.layers.2", "vit.layernorm", "classifier"],
+    ("deit", "last_block"): ["deit.layers.2", "deit.layernorm", "cls_classifier", "distillation_classifier"],
+}
+
+
+def tiny_recipe(model_dir, data_dir, out_dir, kind, *extra):
+    return load_recipe(
+        "quickstart",
+        [
+            f"model.name={model_dir}",
+            f"data.dataset={data_dir}",
+            f"strategy.kind={kind}",
+            "training.epochs=2",
+            "training.batch_size=16",
+            f"output.dir={out_dir}",
+            *extra,
+        ],
+    )
+
+
+def accuracy_with_plain_transformers(recipe, model_dir) -> float:
+    """Evaluate the saved model as any transformers user would load it."""
+    model = AutoModelForImageClassification.from_pretrained(model_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    splits = load_splits(recipe.data, recipe.training.seed)
+    transform = make_transform(processor, recipe.data, False, splits.image_column, splits.label_column)
+    batch = collate([splits.eval.with_transform(transform)[i] for i in range(len(splits.eval))])
+    with torch.no_grad():
+        predicted = model(pixel_values=batch["pixel_values"]).logits.argmax(-1)
+    return (predicted == batch["labels"]).sum().item() / len(predicted)
+
+
+@pytest.mark.parametrize(("family", "kind"), sorted(EXPECTED_TRAINABLE))
+def test_tiny_run_per_strategy(family, kind, tiny_vit, tiny_deit, digits_dir, tmp_path):
+    source = tiny_vit if family == "vit" else tiny_deit
+    recipe = tiny_recipe(source, digits_dir, tmp_path / "run", kind)
+    run_dir = run(recipe)
+
+    assert sorted(p.name for p in run_dir.iterdir()) == ["log_history.json", "metrics.json", "model", "recipe.yaml"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["parameters"]["trainable_modules"] == EXPECTED_TRAINABLE[(family, kind)]
+    assert (
+        metrics["parameters"]["trainable"]
+        == metrics["parameters"]["trainable_backbone"] + metrics["parameters"]["trainable_head"]
+    )
+    for split in ("eval", "train"):
+        assert set(metrics[split]) >= {"accuracy", "macro_f1", "per_class_accuracy", "loss", "num_examples"}
+        assert 0.0 <= metrics[split]["accuracy"] <= 1.0
+    assert metrics["eval"]["num_examples"] == metrics["num_eval_examples"] == 40
+    assert metrics["train"]["num_examples"] == metrics["num_train_examples"] == 160
+    assert set(metrics["eval"]["per_class_accuracy"]) == {f"digit_{c}" for c in range(5)}
+    assert len(metrics["timings"]["train_seconds_per_epoch"]) == 2
+    assert len(metrics["timings"]["eval_seconds_per_epoch"]) == 2
+    assert metrics["device"]["type"] == "cpu" and metrics["device"]["num_processes"] == 1
+    assert metrics["versions"]["transformers"] and metrics["versions"]["torch"]
+    history = json.loads((run_dir / "log_history.json").read_text())
+    assert [h["epoch"] for h in history if "eval_accuracy" in h] == [1.0, 2.0]
+
+    model_dir = run_dir / "model"
+    assert (model_dir / "model.safetensors").exists() and not list(model_dir.glob("*.bin"))
+    reloaded = AutoModelForImageClassification.from_pretrained(model_dir)
+    assert reloaded.config.id2label == {i: f"digit_{i}" for i in range(5)}
+    assert accuracy_with_plain_transformers(recipe, model_dir) == pytest.approx(metrics["eval"]["accuracy"], abs=1e-9)
+
+    # Parameters outside the trained modules are bit-identical to the pretrained backbone.
+    before = AutoModelForImageClassification.from_pretrained(source).state_dict()
+    after = reloaded.state_dict()
+    trained = EXPECTED_TRAINABLE[(family, kind)]
+    changed = {n for n in before if n in after and not torch.equal(before[n], after[n])}
+    frozen = {n for n in before if not any(t == "" or n.startswith(f"{t}.") for t in trained)}
+    assert not changed & frozen
+    if kind != "linear_probe":
+        assert any(n.startswith(trained[0]) for n in changed), "the trained block did not change"
+
+
+def test_deit_distilled_trains_both_heads_and_predicts_with_their_mean(tiny_deit, digits_dir, tmp_path):
+    run_dir = run(tiny_recipe(tiny_deit, digits_dir, tmp_path / "run", "last_block"))
+    model = AutoModelForImageClassification.from_pretrained(run_dir / "model").eval()
+    fresh = AutoModelForImageClassification.from_pretrained(tiny_deit)
+    assert type(model).__name__ == "DeiTForImageClassificationWithTeacher"
+    assert model.cls_classifier.weight.shape == model.distillation_classifier.weight.shape == (5, 32)
+    out = model(pixel_values=torch.randn(2, 3, 16, 16))
+    assert torch.allclose(out.logits, (out.cls_logits + out.distillation_logits) / 2)
+    assert not torch.equal(model.cls_classifier.weight, model.distillation_classifier.weight)
+    assert fresh.deit.layers[2].mlp.fc1.weight.shape == model.deit.layers[2].mlp.fc1.weight.shape
+
+
+def test_lora_run_saves_merged_model_and_adapter(tiny_vit, digits_dir, tmp_path):
+    from peft import PeftModel
+
+    run_dir = run(tiny_recipe(tiny_vit, digits_dir, tmp_path / "run", "lora"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # LoRA r=8 on q_proj and v_proj of 3 blocks of width 32: 3 * 2 * (32*8 + 8*32) parameters.
+    assert metrics["parameters"]["trainable_backbone"] == 3 * 2 * (32 * 8 + 8 * 32)
+    merged = AutoModelForImageClassification.from_pretrained(run_dir / "model").eval()
+    base = AutoModelForImageClassification.from_pretrained(
+        tiny_vit,
+        num_labels=5,
+        id2label=merged.config.id2label,
+        label2id=merged.config.label2id,
+        ignore_mismatched_sizes=True,
+    )
+    adapted = PeftModel.from_pretrained(base, run_dir / "adapter").eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(merged(pixel_values=x).logits, adapted(pixel_values=x).logits, atol=1e-5)
+    assert accuracy_with_plain_transformers(
+        tiny_recipe(tiny_vit, digits_dir, tmp_path / "unused", "lora"), run_dir / "model"
+    ) == pytest.approx(metrics["eval"]["accuracy"], abs=1e-9)
+
+
+def test_checkpoint_loads_without_hf_tl(tiny_vit, digits_dir, tmp_path):
+    run_dir = run(tiny_recipe(tiny_vit, digits_dir, tmp_path / "run", "linear_probe", "training.epochs=1"))
+    code = (
+        "import sys, torch; from transformers import AutoModelForImageClassification as A;"
+        f"m = A.from_pretrained({str(run_dir / 'model')!r}).eval();"
+        "print(m(pixel_values=torch.zeros(1, 3, 16, 16)).logits.shape[-1], 'hf_tl' in sys.modules)"
+    )
+    result = run_cli(sys_executable(), "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["5", "False"]
+
+
+def test_same_recipe_same_seed_gives_identical_metrics(tiny_vit, digits_dir, tmp_path):
+    first = run(tiny_recipe(tiny_vit, digits_dir, tmp_path / "a", "last_block"))
+    second = run(tiny_recipe(tiny_vit, digits_dir, tmp_path / "b", "last_block"))
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (first, second))
+    assert a["eval"] == b["eval"] and a["train"] == b["train"]
+
+
+def test_existing_run_folder_of_another_recipe_is_refused(tiny_vit, digits_dir, tmp_path):
+    from hf_tl.errors import HfTlError
+
+    run_dir = run(tiny_recipe(tiny_vit, digits_dir, tmp_path / "run", "linear_probe", "training.epochs=1"))
+    recipe_text = (run_dir / "recipe.yaml").read_text()
+    with pytest.raises(HfTlError, match="different recipe.*output.overwrite=true"):
+        run(tiny_recipe(tiny_vit, digits_dir, run_dir, "full", "training.epochs=1"))
+    assert (run_dir / "recipe.yaml").read_text() == recipe_text
+
+
+def sys_executable() -> str:
+    import sys
+
+    return sys.executable
