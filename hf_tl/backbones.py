@@ -9,11 +9,10 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassi
 
 from hf_tl.blocks import layout
 from hf_tl.errors import HfTlError
+from hf_tl.mlp_head_code import head_in_features, mlp_head
 from hf_tl.recipe import ModelSection
 
 logger = logging.getLogger(__name__)
-
-MLP_HIDDEN = 256
 
 
 def load_backbone(cfg: ModelSection, labels: list[str]) -> tuple[PreTrainedModel, object]:
@@ -43,32 +42,21 @@ def load_processor(cfg: ModelSection) -> object:
 
 def build_head(in_features: int, num_labels: int, kind: str) -> nn.Module:
     """`linear`, or Malpure et al. 2021's MLP head."""
-    if kind == "linear":
-        return nn.Linear(in_features, num_labels)
-    return nn.Sequential(
-        nn.Linear(in_features, MLP_HIDDEN), nn.ELU(), nn.Dropout(0.5), nn.Linear(MLP_HIDDEN, num_labels)
-    )
+    return nn.Linear(in_features, num_labels) if kind == "linear" else mlp_head(in_features, num_labels)
 
 
 def replace_heads(model: PreTrainedModel, labels: list[str], kind: str) -> None:
     """Always a fresh head: a pretrained one of the same size would keep another task's meaning."""
-    for name in layout(model).heads:
-        old = model.get_submodule(name)
-        new = build_head(_in_features(old, model), len(labels), kind)
+    heads = layout(model).heads
+    for name in heads:
+        new = build_head(head_in_features(model.get_submodule(name), model.config), len(labels), kind)
         new.apply(model._init_weights)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
     model.config.num_labels = len(labels)
     model.config.id2label = dict(enumerate(labels))
     model.config.label2id = {label: i for i, label in enumerate(labels)}
-
-
-def _in_features(head: nn.Module, model: PreTrainedModel) -> int:
-    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
-    if linears:
-        return linears[0].in_features
-    config = model.config
-    return getattr(config, "hidden_size", None) or config.hidden_sizes[-1]
+    model.config.hf_tl_mlp_heads = heads if kind == "mlp" else []
 
 
 def _hub_kwargs(cfg: ModelSection) -> dict:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from hf_tl.errors import HfTlError
+from hf_tl.mlp_head_code import MODEL_TYPE_PREFIX
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class Layout:
 
 
 def layout(model: nn.Module) -> Layout:
-    family = model.config.model_type
+    family = model.config.model_type.removeprefix(MODEL_TYPE_PREFIX)  # a reloaded MLP-head checkpoint
     spec = FAMILIES.get(family)
     if spec is None:
         raise HfTlError(

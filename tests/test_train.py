@@ -36,9 +36,9 @@ def tiny_recipe(model_dir, data_dir, out_dir, kind, *extra):
     )
 
 
-def accuracy_with_plain_transformers(recipe, model_dir) -> float:
+def accuracy_with_plain_transformers(recipe, model_dir, **load_kwargs) -> float:
     """Evaluate the saved model as any transformers user would load it."""
-    model = AutoModelForImageClassification.from_pretrained(model_dir).eval()
+    model = AutoModelForImageClassification.from_pretrained(model_dir, **load_kwargs).eval()
     processor = AutoImageProcessor.from_pretrained(model_dir)
     splits = load_splits(recipe.data, recipe.training.seed)
     transform = make_transform(processor, recipe.data, False, splits.image_column, splits.label_column)
@@ -160,3 +160,23 @@ def sys_executable() -> str:
     import sys
 
     return sys.executable
+
+
+def test_mlp_head_checkpoint_loads_with_its_own_code_and_never_silently_as_linear(tiny_vit, digits_dir, tmp_path):
+    recipe = tiny_recipe(tiny_vit, digits_dir, tmp_path / "run", "last_block", "model.head=mlp")
+    run_dir = run(recipe)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["parameters"]["trainable_head"] == (32 * 256 + 256) + (256 * 5 + 5)
+    model_dir = run_dir / "model"
+    code = (
+        "import sys, torch; from transformers import AutoModelForImageClassification as A;"
+        f"m = A.from_pretrained({str(model_dir)!r}, trust_remote_code=True);"
+        "print(type(m.classifier).__name__, m.classifier[-1].out_features, 'hf_tl' in sys.modules)"
+    )
+    result = run_cli(sys_executable(), "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["Sequential", "5", "False"]
+    with pytest.raises(ValueError, match="custom code"):
+        AutoModelForImageClassification.from_pretrained(model_dir, trust_remote_code=False)
+    accuracy = accuracy_with_plain_transformers(recipe, model_dir, trust_remote_code=True)
+    assert accuracy == pytest.approx(metrics["eval"]["accuracy"], abs=1e-9)

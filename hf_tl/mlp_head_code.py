@@ -1,0 +1,61 @@
+"""MLP classification heads for transformers image classifiers (Malpure et al. 2021).
+
+hf_tl copies this file into every checkpoint whose head is Linear(d, 256) -> ELU ->
+Dropout(0.5) -> Linear(256, classes). transformers has no such head, so those checkpoints
+load with `AutoModelForImageClassification.from_pretrained(path, trust_remote_code=True)`
+through the classes below. Their `model_type` carries the prefix `hf_tl_mlp_`, so that
+loading without `trust_remote_code` fails loudly instead of building a linear head and
+silently dropping the trained one. This file imports only torch and transformers.
+"""
+
+import transformers
+from torch import nn
+
+MLP_HIDDEN = 256
+MODEL_TYPE_PREFIX = "hf_tl_mlp_"
+BASE_CLASSES = (
+    "ViTForImageClassification",
+    "DeiTForImageClassification",
+    "DeiTForImageClassificationWithTeacher",
+    "SwinForImageClassification",
+    "ConvNextForImageClassification",
+    "ResNetForImageClassification",
+    "BitForImageClassification",
+)
+
+
+def mlp_head(in_features: int, num_labels: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(in_features, MLP_HIDDEN), nn.ELU(), nn.Dropout(0.5), nn.Linear(MLP_HIDDEN, num_labels)
+    )
+
+
+def head_in_features(head: nn.Module, config) -> int:
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return linears[0].in_features
+    return getattr(config, "hidden_size", None) or config.hidden_sizes[-1]
+
+
+def _config_class(base):
+    return type(f"MlpHead{base.__name__}", (base,), {"model_type": MODEL_TYPE_PREFIX + base.model_type})
+
+
+def _model_class(base, config_class):
+    def __init__(self, config):
+        base.__init__(self, config)
+        for name in config.hf_tl_mlp_heads:
+            parent, _, child = name.rpartition(".")
+            owner = self.get_submodule(parent) if parent else self
+            setattr(owner, child, mlp_head(head_in_features(getattr(owner, child), config), config.num_labels))
+        self.post_init()
+
+    return type(f"MlpHead{base.__name__}", (base,), {"__init__": __init__, "config_class": config_class})
+
+
+for _name in BASE_CLASSES:
+    _base = getattr(transformers, _name)
+    _config_name = f"MlpHead{_base.config_class.__name__}"
+    if _config_name not in globals():
+        globals()[_config_name] = _config_class(_base.config_class)
+    globals()[f"MlpHead{_name}"] = _model_class(_base, globals()[_config_name])
