@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "list":
         names = available_recipes()
-        width = max(map(len, names))
+        width = max(map(len, names), default=0)
         for name in names:
             print(f"{name:<{width}}  {describe(name)}")
     elif args.command == "show":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from importlib import resources
+import importlib.util
 from pathlib import Path
 
 from hf_tl.errors import RecipeError
@@ -11,12 +11,14 @@ _CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def _shipped(package: str, checkout_dir: str) -> Path:
+    """The folder of a data-only package (a namespace package: no __init__.py among the YAML)."""
     try:
-        path = Path(str(resources.files(package)))
-        if path.is_dir():
-            return path
+        spec = importlib.util.find_spec(package)
     except ModuleNotFoundError:
-        pass
+        spec = None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if Path(location).is_dir():
+            return Path(location)
     return _CHECKOUT / checkout_dir
 
 

@@ -94,8 +94,8 @@ def tiny_deit(tmp_path_factory) -> Path:
     return save_deit_distilled(tmp_path_factory.mktemp("models") / "tiny-deit-distilled")
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
     """Run a command as a user would, with this interpreter's environment."""
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", **extra_env}
     return subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

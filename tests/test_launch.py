@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import pytest
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -49,3 +50,22 @@ def test_two_processes_on_cpu_write_one_run_folder_covering_the_whole_eval_set(t
     assert metrics["num_eval_examples"] == metrics["eval"]["num_examples"] == 177
     assert metrics["train"]["num_examples"] == metrics["num_train_examples"]
     assert result.stdout.count("hf_tl: eval accuracy") == 1
+
+
+def test_a_non_editable_install_finds_recipes_and_assets_from_any_directory(tmp_path):
+    built = run_cli(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(REPO))
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("hf_tl-*.whl")
+    site = tmp_path / "site"
+    installed = run_cli(sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel))
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"PYTHONPATH": str(site)}
+    where = run_cli(sys.executable, "-c", "import hf_tl; print(hf_tl.__file__)", cwd=elsewhere, **env)
+    assert where.stdout.strip().startswith(str(site))
+    listed = run_cli(sys.executable, "-m", "hf_tl.recipes", "list", cwd=elsewhere, **env)
+    assert listed.returncode == 0 and "quickstart" in listed.stdout and "deit_lastblock" in listed.stdout
+    counted = run_cli(sys.executable, "-m", "hf_tl.params", "recipe=quickstart", "--json", cwd=elsewhere, **env)
+    assert counted.returncode == 0, counted.stderr[-3000:]
+    assert json.loads(counted.stdout)["trainable_modules"] == ["vit.layers.3", "vit.layernorm", "classifier"]
