@@ -51,7 +51,7 @@ def load_splits(cfg: DataSection, seed: int) -> Splits:
             f"column '{label_column}' has {len(labels)} class(es): {labels}; classification needs at least 2."
         )
     train = _first(train.shuffle(seed=seed), cfg.max_train_samples) if cfg.max_train_samples else train
-    eval_set = _first(eval_set, cfg.max_eval_samples)
+    eval_set = _first(eval_set.shuffle(seed=seed), cfg.max_eval_samples) if cfg.max_eval_samples else eval_set
     for name, part in (("training", train), ("evaluation", eval_set)):
         if len(part) == 0:
             raise DataError(f"the {name} split of '{cfg.dataset}' is empty; check data.*_split and max_*_samples.")
@@ -62,10 +62,10 @@ def open_dataset(cfg: DataSection) -> DatasetDict:
     """A Hub id, a directory written by save_to_disk, or any folder load_dataset understands."""
     path = Path(cfg.dataset).expanduser()
     if path.exists():
-        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-            loaded = load_from_disk(str(path))
-            return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
-        return load_dataset(str(path), cfg.config_name)
+        try:
+            return _open_local(path, cfg.config_name)
+        except (ValueError, IndexError, OSError) as e:
+            raise DataError(f"could not read the dataset at '{cfg.dataset}': {e}") from None
     if cfg.dataset.startswith(("/", "./", "../", "~")) or cfg.dataset.count("/") > 1:
         raise DataError(f"dataset path '{cfg.dataset}' does not exist. Give an existing directory or a Hub id.")
     try:
@@ -75,6 +75,13 @@ def open_dataset(cfg: DataSection) -> DatasetDict:
             f"could not load dataset '{cfg.dataset}': {e}\n  If the Hub is unreachable, point data.dataset "
             "at a local image folder or a directory written by Dataset.save_to_disk."
         ) from None
+
+
+def _open_local(path: Path, config_name: str | None) -> DatasetDict:
+    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        loaded = load_from_disk(str(path))
+        return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+    return load_dataset(str(path), config_name)
 
 
 def detect_columns(dataset: Dataset, cfg: DataSection) -> tuple[str, str]:
@@ -153,6 +160,10 @@ def _labels_like(dataset: Dataset, reference: Dataset, column: str) -> Dataset:
 
 
 def _seeded_split(train: Dataset, label_column: str, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    if len(train) < 2:
+        raise DataError(
+            f"the train split has {len(train)} example(s): too few to hold out data.val_fraction={fraction}."
+        )
     try:
         parts = train.train_test_split(test_size=fraction, seed=seed, stratify_by_column=label_column)
     except ValueError:  # a class too small to stratify

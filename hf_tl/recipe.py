@@ -182,6 +182,8 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
     except errors.ConfigKeyError as e:
         raise RecipeError(_unknown_key_message(e.full_key)) from None
     except errors.ValidationError as e:
+        if e.full_key is None:  # a whole section replaced by a scalar
+            raise RecipeError(_scalar_section_message(raw, overrides)) from None
         raise RecipeError(_bad_type_message(e.full_key, e.value)) from None
     _check_missing(merged)
     _expand_assets(merged)
@@ -222,10 +224,11 @@ def _dotlist(overrides: list[str]) -> DictConfig:
 
 def _reject_interpolations(node: Any, prefix: str) -> None:
     """Recipes are data: the only interpolation allowed is `${hf_tl.asset:...}`."""
-    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
-    for key, value in items:
+    if OmegaConf.is_config(node):
+        node = OmegaConf.to_container(node, resolve=False)
+    for key, value in node.items() if isinstance(node, dict) else enumerate(node):
         full = f"{prefix}{key}"
-        if isinstance(value, (DictConfig, list)) or OmegaConf.is_list(value):
+        if isinstance(value, (dict, list)):
             _reject_interpolations(value, f"{full}.")
         elif isinstance(value, str) and "${" in value and not _ASSET.fullmatch(value):
             raise RecipeError(
@@ -293,7 +296,14 @@ def _unknown_key_message(full_key: str) -> str:
 def _bad_type_message(full_key: str, value: Any) -> str:
     section, _, key = str(full_key).partition(".")
     types = {f.name: f.type for f in dataclasses.fields(SECTIONS[section])} if section in SECTIONS else {}
-    expected = str(types.get(key, "mapping of keys")).replace("Optional[", "").replace("]", "")
+    expected = re.sub(r"^(typing\.)?Optional\[(.*)\]$", r"\2", str(types.get(key, "mapping of keys")))
     if key in types and "Optional" in str(types[key]):
         expected += " (or null)"
     return f"recipe key '{full_key}' got {value!r}, which is not a valid {expected}."
+
+
+def _scalar_section_message(raw: DictConfig, overrides: list[str]) -> str:
+    given = {k: v for k, v in raw.items_ex(resolve=False) if k in SECTIONS and not isinstance(v, DictConfig)}
+    given.update({k: v for k, _, v in (o.partition("=") for o in overrides) if k in SECTIONS})
+    name, value = next(iter(given.items()), ("?", "?"))
+    return f"recipe key '{name}' got {value!r}; it must be a mapping of {name}.* keys (e.g. {name}.KEY=VALUE)."

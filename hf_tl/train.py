@@ -6,7 +6,6 @@ metrics, rundir); this file only wires them to transformers' Trainer.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import sys
 import time
@@ -21,6 +20,7 @@ from hf_tl.data import Splits, collate, load_splits, make_transform
 from hf_tl.environment import device_info, library_versions, process_state
 from hf_tl.errors import HfTlError, cli
 from hf_tl.export import save_final_model
+from hf_tl.hub import push_run
 from hf_tl.losses import loss_for
 from hf_tl.metrics import compute_metrics, load_metric
 from hf_tl.recipe import Recipe, recipe_from_argv
@@ -28,10 +28,8 @@ from hf_tl.strategies import Summary, apply_strategy
 from hf_tl.timing import EpochTimer
 from hf_tl.trainer import HfTlTrainer, training_arguments
 
-logger = logging.getLogger("hf_tl.train")
 
-
-def build_trainer(recipe: Recipe, run_dir: Path) -> tuple[HfTlTrainer, Splits, Summary, EpochTimer, object]:
+def build_trainer(recipe: Recipe, run_dir: Path) -> tuple[HfTlTrainer, Splits, Summary, EpochTimer]:
     splits = load_splits(recipe.data, recipe.training.seed)
     model, processor = load_backbone(recipe.model, splits.labels)
     model, summary = apply_strategy(model, recipe.strategy)
@@ -53,7 +51,7 @@ def build_trainer(recipe: Recipe, run_dir: Path) -> tuple[HfTlTrainer, Splits, S
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
-    return trainer, splits, summary, timer, processor
+    return trainer, splits, summary, timer
 
 
 def evaluate_split(trainer: HfTlTrainer, dataset, labels: list[str], prefix: str) -> dict:
@@ -71,7 +69,7 @@ def run(recipe: Recipe) -> Path:
     run_dir = rundir.resolve_run_dir(recipe)
     rundir.prepare_run_dir(run_dir, recipe, state.is_main_process)
     set_seed(recipe.training.seed)
-    trainer, splits, summary, timer, processor = build_trainer(recipe, run_dir)
+    trainer, splits, summary, timer = build_trainer(recipe, run_dir)
     if state.is_main_process:
         print(
             f"hf_tl: {recipe.model.name} | strategy {summary.kind}: {summary.trainable:,} of {summary.total:,} "
@@ -80,10 +78,16 @@ def run(recipe: Recipe) -> Path:
         )
     checkpoint = get_last_checkpoint(trainer.args.output_dir) if Path(trainer.args.output_dir).is_dir() else None
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except KeyboardInterrupt:
+        raise HfTlError(
+            f"interrupted. The last epoch checkpoint is in {run_dir / rundir.CHECKPOINTS_DIR}; resume with the "
+            f"same command plus output.dir={run_dir}"
+        ) from None
     train_wall = time.perf_counter() - started
     columns = (splits.image_column, splits.label_column)
-    train_eval = splits.train.with_transform(make_transform(processor, recipe.data, False, *columns))
+    train_eval = splits.train.with_transform(make_transform(trainer.processing_class, recipe.data, False, *columns))
     metrics = {
         "recipe": recipe.name,
         "model": recipe.model.name,
@@ -110,8 +114,6 @@ def run(recipe: Recipe) -> Path:
             flush=True,
         )
     if recipe.hub.push and state.is_main_process:
-        from hf_tl.hub import push_run
-
         push_run(run_dir, recipe.hub.repo_id, private=recipe.hub.private)
     state.wait_for_everyone()
     return run_dir
@@ -119,11 +121,7 @@ def run(recipe: Recipe) -> Path:
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    recipe = recipe_from_argv(sys.argv[1:] if argv is None else argv)
-    try:
-        run(recipe)
-    except KeyboardInterrupt:
-        raise HfTlError("interrupted; run the same command again to resume from the last checkpoint.") from None
+    run(recipe_from_argv(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

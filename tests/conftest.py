@@ -7,8 +7,10 @@ through the same `from_pretrained` path a Hub id takes.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,10 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A private HF cache, set before datasets/transformers are imported (they read it at import time).
+_HF_HOME = tempfile.mkdtemp(prefix="hf_tl-tests-hf-home-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_HF_HOME, "datasets")
 
 import numpy as np  # noqa: E402
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image  # noqa: E402
@@ -34,11 +40,9 @@ TINY_VIT = dict(
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _isolated_hf_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("hf_home")
-    os.environ["HF_HOME"] = str(home)
-    os.environ["HF_DATASETS_CACHE"] = str(home / "datasets")
+def _remove_private_hf_home():
     yield
+    shutil.rmtree(_HF_HOME, ignore_errors=True)
 
 
 def digits(classes=(0, 1, 2, 3, 4), per_class: int | None = None) -> Dataset:
