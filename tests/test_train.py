@@ -180,3 +180,68 @@ def test_mlp_head_checkpoint_loads_with_its_own_code_and_never_silently_as_linea
         AutoModelForImageClassification.from_pretrained(model_dir, trust_remote_code=False)
     accuracy = accuracy_with_plain_transformers(recipe, model_dir, trust_remote_code=True)
     assert accuracy == pytest.approx(metrics["eval"]["accuracy"], abs=1e-9)
+
+
+def test_weights_none_builds_from_the_config_alone(tiny_vit, digits_dir, tmp_path):
+    run_dir = run(
+        tiny_recipe(tiny_vit, digits_dir, tmp_path / "run", "linear_probe", "model.weights=none", "training.epochs=1")
+    )
+    pretrained = AutoModelForImageClassification.from_pretrained(tiny_vit).state_dict()
+    built = AutoModelForImageClassification.from_pretrained(run_dir / "model").state_dict()
+    backbone = [n for n in pretrained if not n.startswith("classifier")]
+    assert all(built[n].shape == pretrained[n].shape for n in backbone)
+    assert not any(torch.equal(built[n], pretrained[n]) for n in backbone if n.endswith("q_proj.weight"))
+
+
+def test_early_stopping_stops_when_accuracy_stops_improving(tiny_vit, digits_dir, tmp_path):
+    recipe = tiny_recipe(
+        tiny_vit,
+        digits_dir,
+        tmp_path / "run",
+        "linear_probe",
+        "training.epochs=6",
+        "training.lr=0",
+        "training.early_stopping_patience=1",
+    )
+    metrics = json.loads((run(recipe) / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == 2.0  # epoch 2 did not beat epoch 1 with a learning rate of 0
+    assert len(metrics["timings"]["train_seconds_per_epoch"]) == 2
+
+
+def test_training_section_reaches_the_trainer(tmp_path):
+    from hf_tl.trainer import training_arguments
+
+    recipe = load_recipe(
+        "quickstart",
+        [
+            "training.precision=bf16",
+            "training.grad_accum=4",
+            "training.scheduler=cosine",
+            "training.warmup_ratio=0.1",
+            "training.weight_decay=0.05",
+            "training.seed=7",
+            "training.eval_batch_size=64",
+            "training.optimizer=sgd",
+        ],
+    )
+    args = training_arguments(recipe, tmp_path)
+    assert args.bf16 and not args.fp16
+    assert args.gradient_accumulation_steps == 4
+    assert args.lr_scheduler_type.value == "cosine"
+    assert args.warmup_steps == 0.1 and args.weight_decay == 0.05
+    assert args.seed == args.data_seed == 7
+    assert args.per_device_eval_batch_size == 64 and args.per_device_train_batch_size == 32
+    assert args.optim.value == "sgd"
+    assert args.report_to == [] or args.report_to == "none"
+    assert args.remove_unused_columns is False and args.load_best_model_at_end
+    assert args.metric_for_best_model == "accuracy" and not args.disable_tqdm
+
+
+def test_bf16_run_on_cpu(tiny_vit, digits_dir, tmp_path):
+    run_dir = run(
+        tiny_recipe(
+            tiny_vit, digits_dir, tmp_path / "run", "last_block", "training.precision=bf16", "training.epochs=1"
+        )
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["eval"]["accuracy"] <= 1.0
