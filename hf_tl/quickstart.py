@@ -34,20 +34,22 @@ TINY_VIT = dict(
 )
 
 
-def digits_dataset(classes: tuple[int, ...]) -> Dataset:
+def digits_dataset(classes: tuple[int, ...], per_class: int | None = None, label_format: str = "{}") -> Dataset:
     """scikit-learn's bundled 8x8 digits as a datasets.Dataset of grayscale PIL images."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    keep = np.isin(digits.target, classes)
+    keep = np.flatnonzero(np.isin(digits.target, classes))
+    if per_class:
+        keep = np.concatenate([keep[digits.target[keep] == c][:per_class] for c in classes])
     pixels = (digits.images[keep] * (255 / 16)).round().astype(np.uint8)
-    features = Features({"image": Image(), "label": ClassLabel(names=[str(c) for c in classes])})
+    names = [label_format.format(c) for c in classes]
     return Dataset.from_dict(
         {
             "image": [PILImage.fromarray(p, mode="L") for p in pixels],
-            "label": [classes.index(t) for t in digits.target[keep]],
+            "label": [list(classes).index(t) for t in digits.target[keep]],
         },
-        features=features,
+        features=Features({"image": Image(), "label": ClassLabel(names=names)}),
     )
 
 

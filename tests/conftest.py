@@ -23,9 +23,9 @@ _HF_HOME = tempfile.mkdtemp(prefix="hf_tl-tests-hf-home-")
 os.environ["HF_HOME"] = _HF_HOME
 os.environ["HF_DATASETS_CACHE"] = os.path.join(_HF_HOME, "datasets")
 
-import numpy as np  # noqa: E402
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image  # noqa: E402
-from PIL import Image as PILImage  # noqa: E402
+from datasets import Dataset, DatasetDict  # noqa: E402
+
+from hf_tl.quickstart import digits_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_VIT = dict(
@@ -47,21 +47,7 @@ def _remove_private_hf_home():
 
 def digits(classes=(0, 1, 2, 3, 4), per_class: int | None = None) -> Dataset:
     """scikit-learn's bundled 8x8 digits (real images), as grayscale PIL images with a ClassLabel."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    keep = np.flatnonzero(np.isin(data.target, classes))
-    if per_class:
-        keep = np.concatenate([keep[data.target[keep] == c][:per_class] for c in classes])
-    pixels = (data.images[keep] * (255 / 16)).round().astype(np.uint8)
-    features = Features({"image": Image(), "label": ClassLabel(names=[f"digit_{c}" for c in classes])})
-    return Dataset.from_dict(
-        {
-            "image": [PILImage.fromarray(p, mode="L") for p in pixels],
-            "label": [list(classes).index(t) for t in data.target[keep]],
-        },
-        features=features,
-    )
+    return digits_dataset(tuple(classes), per_class=per_class, label_format="digit_{}")
 
 
 @pytest.fixture(scope="session")

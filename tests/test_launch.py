@@ -69,3 +69,18 @@ def test_a_non_editable_install_finds_recipes_and_assets_from_any_directory(tmp_
     counted = run_cli(sys.executable, "-m", "hf_tl.params", "recipe=quickstart", "--json", cwd=elsewhere, **env)
     assert counted.returncode == 0, counted.stderr[-3000:]
     assert json.loads(counted.stdout)["trainable_modules"] == ["vit.layers.3", "vit.layernorm", "classifier"]
+
+
+def test_quickstart_assets_rebuild(tmp_path):
+    from datasets import load_dataset
+    from transformers import AutoModelForImageClassification
+
+    from hf_tl.quickstart import build
+
+    build(tmp_path / "quickstart")
+    backbone = AutoModelForImageClassification.from_pretrained(tmp_path / "quickstart" / "backbone")
+    assert backbone.config.id2label == {i: str(i) for i in range(5)}  # pretrained on digits 0-4
+    assert backbone.config.num_hidden_layers == 4 and backbone.config.image_size == 16
+    finetune = load_dataset(str(tmp_path / "quickstart" / "digits-5-9"))["train"]
+    assert finetune.features["label"].names == ["5", "6", "7", "8", "9"]
+    assert len(finetune) == 896  # every 5-9 digit in scikit-learn's set

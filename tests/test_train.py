@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -34,6 +35,18 @@ def tiny_recipe(model_dir, data_dir, out_dir, kind, *extra):
             *extra,
         ],
     )
+
+
+def in_fresh_python(model_dir, expression: str, **load_kwargs) -> list[str]:
+    """Load `model_dir` as `m` in a new interpreter; print `expression` and whether hf_tl was ever imported."""
+    code = (
+        "import sys, torch; from transformers import AutoModelForImageClassification as A;"
+        f"m = A.from_pretrained({str(model_dir)!r}, **{load_kwargs!r}).eval();"
+        f"print({expression}, 'hf_tl' in sys.modules)"
+    )
+    result = run_cli(sys.executable, "-c", code)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.replace(",", " ").replace("(", " ").replace(")", " ").replace("'", " ").split()
 
 
 def accuracy_with_plain_transformers(recipe, model_dir, **load_kwargs) -> float:
@@ -129,14 +142,8 @@ def test_lora_run_saves_merged_model_and_adapter(tiny_vit, digits_dir, tmp_path)
 
 def test_checkpoint_loads_without_hf_tl(tiny_vit, digits_dir, tmp_path):
     run_dir = run(tiny_recipe(tiny_vit, digits_dir, tmp_path / "run", "linear_probe", "training.epochs=1"))
-    code = (
-        "import sys, torch; from transformers import AutoModelForImageClassification as A;"
-        f"m = A.from_pretrained({str(run_dir / 'model')!r}).eval();"
-        "print(m(pixel_values=torch.zeros(1, 3, 16, 16)).logits.shape[-1], 'hf_tl' in sys.modules)"
-    )
-    result = run_cli(sys_executable(), "-c", code)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["5", "False"]
+    printed = in_fresh_python(run_dir / "model", "m(pixel_values=torch.zeros(1, 3, 16, 16)).logits.shape[-1]")
+    assert printed == ["5", "False"]
 
 
 def test_same_recipe_same_seed_gives_identical_metrics(tiny_vit, digits_dir, tmp_path):
@@ -156,26 +163,16 @@ def test_existing_run_folder_of_another_recipe_is_refused(tiny_vit, digits_dir, 
     assert (run_dir / "recipe.yaml").read_text() == recipe_text
 
 
-def sys_executable() -> str:
-    import sys
-
-    return sys.executable
-
-
 def test_mlp_head_checkpoint_loads_with_its_own_code_and_never_silently_as_linear(tiny_vit, digits_dir, tmp_path):
     recipe = tiny_recipe(tiny_vit, digits_dir, tmp_path / "run", "last_block", "model.head=mlp")
     run_dir = run(recipe)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["parameters"]["trainable_head"] == (32 * 256 + 256) + (256 * 5 + 5)
     model_dir = run_dir / "model"
-    code = (
-        "import sys, torch; from transformers import AutoModelForImageClassification as A;"
-        f"m = A.from_pretrained({str(model_dir)!r}, trust_remote_code=True);"
-        "print(type(m.classifier).__name__, m.classifier[-1].out_features, 'hf_tl' in sys.modules)"
+    printed = in_fresh_python(
+        model_dir, "type(m.classifier).__name__, m.classifier[-1].out_features", trust_remote_code=True
     )
-    result = run_cli(sys_executable(), "-c", code)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["Sequential", "5", "False"]
+    assert printed == ["Sequential", "5", "False"]
     with pytest.raises(ValueError, match="custom code"):
         AutoModelForImageClassification.from_pretrained(model_dir, trust_remote_code=False)
     accuracy = accuracy_with_plain_transformers(recipe, model_dir, trust_remote_code=True)
