@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassi
 
 from hf_tl.blocks import layout
 from hf_tl.errors import HfTlError
-from hf_tl.mlp_head_code import head_in_features, mlp_head
+from hf_tl.mlp_head_code import mlp_head, set_head
 from hf_tl.recipe import ModelSection
 
 logger = logging.getLogger(__name__)
@@ -48,11 +48,14 @@ def build_head(in_features: int, num_labels: int, kind: str) -> nn.Module:
 def replace_heads(model: PreTrainedModel, labels: list[str], kind: str) -> None:
     """Always a fresh head: a pretrained one of the same size would keep another task's meaning."""
     heads = layout(model).heads
+
+    def fresh_head(in_features: int) -> nn.Module:
+        head = build_head(in_features, len(labels), kind)
+        head.apply(model._init_weights)
+        return head
+
     for name in heads:
-        new = build_head(head_in_features(model.get_submodule(name), model.config), len(labels), kind)
-        new.apply(model._init_weights)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, new)
+        set_head(model, name, fresh_head)
     model.config.num_labels = len(labels)
     model.config.id2label = dict(enumerate(labels))
     model.config.label2id = {label: i for i, label in enumerate(labels)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,11 @@ def load_splits(cfg: DataSection, seed: int) -> Splits:
     train = _split(dataset, cfg.train_split, "data.train_split")
     image_column, label_column = detect_columns(train, cfg)
     train = _as_class_label(train, label_column)
+    if cfg.eval_split == cfg.train_split:
+        raise DataError(
+            f"data.eval_split and data.train_split are both '{cfg.train_split}': "
+            "validation would see the training images."
+        )
     if cfg.eval_split:
         eval_set, eval_name = _split(dataset, cfg.eval_split, "data.eval_split"), cfg.eval_split
         eval_set = _labels_like(eval_set, train, label_column)
@@ -95,6 +101,10 @@ def detect_columns(dataset: Dataset, cfg: DataSection) -> tuple[str, str]:
             raise DataError(f"no column of {kind} type found; set {key}=NAME. Columns: {columns}")
         if column not in features:
             raise DataError(f"{key}='{column}' is not a column of this dataset. Columns: {columns}")
+    if not isinstance(features[image], Image):
+        raise DataError(
+            f"data.image_column='{image}' holds {type(features[image]).__name__}, not images. Columns: {columns}"
+        )
     return image, label
 
 
@@ -143,20 +153,36 @@ def _split(dataset: DatasetDict, name: str, key: str) -> Dataset:
 
 
 def _as_class_label(dataset: Dataset, column: str) -> Dataset:
+    """Integer or string labels become a ClassLabel, classes in natural order (2 before 10)."""
     if isinstance(dataset.features[column], ClassLabel):
         return dataset
-    return dataset.class_encode_column(column)
+    values = sorted(set(dataset.unique(column)))
+    return _encode(dataset, column, ClassLabel(names=[str(v) for v in values]))
 
 
 def _labels_like(dataset: Dataset, reference: Dataset, column: str) -> Dataset:
-    """Give `dataset` the label ids of `reference`, whatever order its own classes come in."""
+    """Give `dataset` the label ids of `reference`, whatever order or type its own labels have."""
     target = reference.features[column]
     feature = dataset.features[column]
     if feature == target:
         return dataset
-    if isinstance(feature, ClassLabel):
-        return dataset.align_labels_with_mapping(target._str2int, column)
-    return dataset.cast_column(column, target)
+    return _encode(dataset, column, target, feature.int2str if isinstance(feature, ClassLabel) else str)
+
+
+def _encode(dataset: Dataset, column: str, target: ClassLabel, name_of: Callable[[Any], str] = str) -> Dataset:
+    unknown = sorted({name_of(v) for v in dataset.unique(column)} - set(target.names))
+    if unknown:
+        raise DataError(
+            f"labels {unknown[:10]} of column '{column}' are not among the training classes {target.names[:20]}."
+        )
+    features = dataset.features.copy()
+    features[column] = target
+    return dataset.map(
+        lambda batch: {column: [target.str2int(name_of(v)) for v in batch[column]]},
+        batched=True,
+        features=features,
+        desc="encoding labels",
+    )
 
 
 def _seeded_split(train: Dataset, label_column: str, fraction: float, seed: int) -> tuple[Dataset, Dataset]:

@@ -27,10 +27,11 @@ def save_final_model(trainer: Trainer, run_dir: Path) -> None:
         model.save_pretrained(run_dir / ADAPTER_DIR)
         processor.save_pretrained(run_dir / ADAPTER_DIR)
         model = model.merge_and_unload(safe_merge=True)
-        trainer.model = model
-    model.save_pretrained(run_dir / MODEL_DIR)
+    custom_head = bool(getattr(model.config, "hf_tl_mlp_heads", None))
+    # transformers renames pre-v5 keys only for its own classes, so a custom-code checkpoint keeps v5 names.
+    model.save_pretrained(run_dir / MODEL_DIR, save_original_format=not custom_head)
     processor.save_pretrained(run_dir / MODEL_DIR)
-    if getattr(model.config, "hf_tl_mlp_heads", None):
+    if custom_head:
         make_mlp_head_loadable(run_dir / MODEL_DIR, type(model).__name__)
 
 

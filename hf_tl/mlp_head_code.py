@@ -37,6 +37,21 @@ def head_in_features(head: nn.Module, config) -> int:
     return getattr(config, "hidden_size", None) or config.hidden_sizes[-1]
 
 
+def set_head(model: nn.Module, name: str, make_head) -> None:
+    """Put `make_head(in_features)` where the head `name` was.
+
+    A head that flattens first (ResNet, BiT: Sequential(Flatten, Linear)) keeps its Flatten,
+    and its key names (`classifier.1.*`) stay those plain transformers expects.
+    """
+    parent, _, child = name.rpartition(".")
+    owner = model.get_submodule(parent) if parent else model
+    old = getattr(owner, child)
+    if isinstance(old, nn.Sequential) and len(old) > 1 and isinstance(old[0], nn.Flatten):
+        old[-1] = make_head(head_in_features(old, model.config))
+    else:
+        setattr(owner, child, make_head(head_in_features(old, model.config)))
+
+
 def _config_class(base):
     return type(f"MlpHead{base.__name__}", (base,), {"model_type": MODEL_TYPE_PREFIX + base.model_type})
 
@@ -45,9 +60,7 @@ def _model_class(base, config_class):
     def __init__(self, config):
         base.__init__(self, config)
         for name in config.hf_tl_mlp_heads:
-            parent, _, child = name.rpartition(".")
-            owner = self.get_submodule(parent) if parent else self
-            setattr(owner, child, mlp_head(head_in_features(getattr(owner, child), config), config.num_labels))
+            set_head(self, name, lambda in_features: mlp_head(in_features, config.num_labels))
         self.post_init()
 
     return type(f"MlpHead{base.__name__}", (base,), {"__init__": __init__, "config_class": config_class})

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 import torch
-from transformers import AutoConfig, AutoModelForImageClassification
 
-from hf_tl.backbones import replace_heads
-from hf_tl.errors import HfTlError, cli
+from hf_tl.backbones import load_model, replace_heads
+from hf_tl.errors import cli
 from hf_tl.recipe import Recipe, recipe_from_argv
 from hf_tl.strategies import Summary, apply_strategy
 
@@ -21,14 +21,8 @@ DEFAULT_NUM_LABELS = 10
 
 
 def count_parameters(recipe: Recipe) -> Summary:
-    try:
-        config = AutoConfig.from_pretrained(
-            recipe.model.name, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code
-        )
-    except OSError as e:
-        raise HfTlError(f"could not read the config of '{recipe.model.name}': {e}") from None
     with torch.device("meta"):
-        model = AutoModelForImageClassification.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
+        model = load_model(replace(recipe.model, weights="none"))
         labels = [str(i) for i in range(recipe.model.num_labels or DEFAULT_NUM_LABELS)]
         replace_heads(model, labels, recipe.model.head)
         _, summary = apply_strategy(model, recipe.strategy)

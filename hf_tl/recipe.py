@@ -89,7 +89,7 @@ class TrainingSection:
     grad_accum: int = _opt(1, "Gradient accumulation steps.", min=1)
     lr: float = _opt(5e-5, "Peak learning rate.", min=0.0)
     weight_decay: float = _opt(0.0, "Weight decay.", min=0.0)
-    warmup_ratio: float = _opt(0.0, "Share of steps spent warming up.", min=0.0)
+    warmup_ratio: float = _opt(0.0, "Share of steps spent warming up (below 1).", min=0.0)
     scheduler: str = _opt("linear", "Learning-rate schedule (transformers' names).", SCHEDULERS)
     scheduler_kwargs: dict[str, Any] = _opt({}, "Extra scheduler arguments, e.g. {factor: 0.6, min_lr: 1e-7}.")
     optimizer: str = _opt("adamw_torch", "Optimizer (transformers' names).", OPTIMIZERS)
@@ -109,7 +109,7 @@ class HubSection:
 @dataclass
 class OutputSection:
     dir: Optional[str] = _opt(None, "Run folder; default runs/<recipe>-<timestamp>.")
-    overwrite: bool = _opt(False, "Reuse an existing run folder.")
+    overwrite: bool = _opt(False, "Empty an existing run folder first (default: resume a run of the same recipe).")
 
 
 @dataclass
@@ -273,6 +273,12 @@ def _check_values(recipe: Recipe) -> None:
         raise RecipeError(
             f"recipe key 'data.val_fraction' got {recipe.data.val_fraction}; it must lie strictly between 0 and 1."
         )
+    for key, value in (
+        ("training.warmup_ratio", recipe.training.warmup_ratio),
+        ("strategy.dropout", recipe.strategy.dropout),
+    ):
+        if value >= 1:
+            raise RecipeError(f"recipe key '{key}' got {value}; it must be below 1.")
     if recipe.hub.push and not recipe.hub.repo_id:
         raise RecipeError("hub.push=true needs hub.repo_id=user/name.")
 

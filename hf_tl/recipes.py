@@ -22,7 +22,8 @@ def describe(name: str) -> str:
 def copy_recipe(name: str, dest: str) -> Path:
     source = find_recipe(name)
     target = Path(dest)
-    if target.is_dir():
+    if target.suffix not in (".yaml", ".yml"):  # a folder, made if need be
+        target.mkdir(parents=True, exist_ok=True)
         target = target / source.name
     if target.exists():
         raise HfTlError(f"{target} already exists; choose another destination or remove it first.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -31,8 +32,10 @@ def resolve_run_dir(recipe: Recipe) -> Path:
     return Path("runs") / f"{recipe.name}-{stamp[0]}"
 
 
-def prepare_run_dir(run_dir: Path, recipe: Recipe, is_main: bool) -> None:
-    """Write the resolved recipe; refuse a folder that holds a different one unless told to overwrite."""
+def prepare_run_dir(run_dir: Path, recipe: Recipe) -> None:
+    """Write the resolved recipe. A folder of the same recipe is resumed; one of another is refused,
+    unless `output.overwrite=true`, which empties it first."""
+    state = process_state()
     text = to_yaml(recipe)
     existing = run_dir / RECIPE_FILE
     if (
@@ -44,9 +47,12 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, is_main: bool) -> None:
             f"{run_dir} already holds a run of a different recipe ({existing}). "
             "Choose another output.dir, or set output.overwrite=true to replace it."
         )
-    if is_main:
+    if state.is_main_process:
+        if recipe.output.overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(existing, text)
+    state.wait_for_everyone()
 
 
 def write_json(path: Path, data: Any) -> None:

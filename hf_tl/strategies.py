@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import types
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -60,7 +61,22 @@ def apply_strategy(model: nn.Module, cfg: StrategySection) -> tuple[nn.Module, S
         prefixes = FREEZING[cfg.kind](parts, cfg)
         for name, param in model.named_parameters():
             param.requires_grad_(_under(name, prefixes))
+    keep_frozen_norms_in_eval(model)
     return model, summarize(model, cfg.kind, parts.heads)
+
+
+def keep_frozen_norms_in_eval(model: nn.Module) -> None:
+    """A frozen BatchNorm must not update its running statistics when the Trainer calls train()."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in module.parameters()
+        ):
+            module.train = types.MethodType(_always_eval, module)
+            module.eval()
+
+
+def _always_eval(module: nn.Module, mode: bool = True) -> nn.Module:
+    return nn.Module.train(module, False)
 
 
 def _lora(model: nn.Module, parts: Layout, cfg: StrategySection) -> nn.Module:

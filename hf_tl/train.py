@@ -21,8 +21,8 @@ from hf_tl.environment import device_info, library_versions, process_state
 from hf_tl.errors import HfTlError, cli
 from hf_tl.export import save_final_model
 from hf_tl.hub import push_run
-from hf_tl.losses import loss_for
-from hf_tl.metrics import compute_metrics, load_metric
+from hf_tl.losses import classification_loss
+from hf_tl.metrics import compute_metrics, full_metrics
 from hf_tl.recipe import Recipe, recipe_from_argv
 from hf_tl.strategies import Summary, apply_strategy
 from hf_tl.timing import EpochTimer
@@ -30,7 +30,13 @@ from hf_tl.trainer import HfTlTrainer, training_arguments
 
 
 def build_trainer(recipe: Recipe, run_dir: Path) -> tuple[HfTlTrainer, Splits, Summary, EpochTimer]:
-    splits = load_splits(recipe.data, recipe.training.seed)
+    with process_state().main_process_first():  # one rank writes the datasets cache, the others read it
+        splits = load_splits(recipe.data, recipe.training.seed)
+    if recipe.model.num_labels not in (None, len(splits.labels)):
+        raise HfTlError(
+            f"model.num_labels={recipe.model.num_labels} but the dataset has {len(splits.labels)} classes; "
+            "drop model.num_labels (it is only for hf_tl.params)."
+        )
     model, processor = load_backbone(recipe.model, splits.labels)
     model, summary = apply_strategy(model, recipe.strategy)
     columns = (splits.image_column, splits.label_column)
@@ -47,7 +53,7 @@ def build_trainer(recipe: Recipe, run_dir: Path) -> tuple[HfTlTrainer, Splits, S
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=processor,
-        compute_loss_func=loss_for(model),
+        compute_loss_func=classification_loss,
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
@@ -57,8 +63,7 @@ def build_trainer(recipe: Recipe, run_dir: Path) -> tuple[HfTlTrainer, Splits, S
 def evaluate_split(trainer: HfTlTrainer, dataset, labels: list[str], prefix: str) -> dict:
     """Full metrics on one split, per-class accuracy named by label."""
     output = trainer.predict(dataset, metric_key_prefix=prefix)
-    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    full = load_metric().compute(predictions=logits, references=output.label_ids)
+    full = full_metrics(output.predictions, output.label_ids)
     full["per_class_accuracy"] = dict(zip(labels, full["per_class_accuracy"], strict=True))
     full["loss"] = output.metrics.get(f"{prefix}_loss")
     return full
@@ -67,7 +72,7 @@ def evaluate_split(trainer: HfTlTrainer, dataset, labels: list[str], prefix: str
 def run(recipe: Recipe) -> Path:
     state = process_state()
     run_dir = rundir.resolve_run_dir(recipe)
-    rundir.prepare_run_dir(run_dir, recipe, state.is_main_process)
+    rundir.prepare_run_dir(run_dir, recipe)
     set_seed(recipe.training.seed)
     trainer, splits, summary, timer = build_trainer(recipe, run_dir)
     if state.is_main_process:
@@ -113,9 +118,9 @@ def run(recipe: Recipe) -> Path:
             f"{metrics['train']['accuracy']:.4f}; results in {run_dir}",
             flush=True,
         )
+    state.wait_for_everyone()
     if recipe.hub.push and state.is_main_process:
         push_run(run_dir, recipe.hub.repo_id, private=recipe.hub.private)
-    state.wait_for_everyone()
     return run_dir
 
 

@@ -74,6 +74,20 @@ def save_deit_distilled(path: Path) -> Path:
     return path
 
 
+def save_resnet(path: Path) -> Path:
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
+    ResNetForImageClassification(config).save_pretrained(path)
+    ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.485, 0.456, 0.406]).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet(tmp_path_factory) -> Path:
+    return save_resnet(tmp_path_factory.mktemp("models") / "tiny-resnet")
+
+
 @pytest.fixture(scope="session")
 def tiny_vit(tmp_path_factory) -> Path:
     return save_vit(tmp_path_factory.mktemp("models") / "tiny-vit")

@@ -53,7 +53,18 @@ def test_two_processes_on_cpu_write_one_run_folder_covering_the_whole_eval_set(t
 
 
 def test_a_non_editable_install_finds_recipes_and_assets_from_any_directory(tmp_path):
-    built = run_cli(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(REPO))
+    built = run_cli(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(tmp_path / "dist"),
+        str(REPO),
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("hf_tl-*.whl")
     site = tmp_path / "site"

@@ -80,4 +80,4 @@ def test_cli_human_output(tiny_vit):
 def test_unreadable_model_is_a_clear_error(tmp_path):
     result = run_cli("python", "-m", "hf_tl.params", "recipe=quickstart", f"model.name={tmp_path / 'missing'}")
     assert result.returncode == 1
-    assert "could not read the config" in result.stderr and "Traceback" not in result.stderr
+    assert "could not load model" in result.stderr and "Traceback" not in result.stderr

@@ -242,3 +242,59 @@ def test_bf16_run_on_cpu(tiny_vit, digits_dir, tmp_path):
     )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0.0 <= metrics["eval"]["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("kind", ["linear_probe", "last_block", "lora"])
+def test_resnet_keeps_its_flatten_head_and_frozen_batchnorm_statistics(kind, tiny_resnet, digits_dir, tmp_path):
+    recipe = tiny_recipe(tiny_resnet, digits_dir, tmp_path / "run", kind, "training.epochs=1")
+    run_dir = run(recipe)
+    reloaded = AutoModelForImageClassification.from_pretrained(run_dir / "model")
+    assert isinstance(reloaded.classifier[0], torch.nn.Flatten) and reloaded.classifier[1].out_features == 5
+    assert accuracy_with_plain_transformers(recipe, run_dir / "model") == pytest.approx(
+        json.loads((run_dir / "metrics.json").read_text())["eval"]["accuracy"], abs=1e-9
+    )
+    before = AutoModelForImageClassification.from_pretrained(tiny_resnet).state_dict()
+    after = reloaded.state_dict()
+    stem = [n for n in before if n.startswith("resnet.embedder.")]
+    assert any("running_mean" in n for n in stem)
+    if kind == "lora":  # merged LoRA moves the convolutions, and the BatchNorms train in modules_to_save
+        return
+    assert all(torch.equal(before[n], after[n]) for n in stem), "a frozen parameter or BatchNorm statistic changed"
+
+
+def test_gradient_accumulation_gives_the_step_of_the_whole_batch(tiny_deit, digits_dir, tmp_path):
+    """The loss is normalised by the Trainer's item count: 2 x 8 accumulated equals one batch of 16."""
+    common = ("training.max_steps=1", "data.hflip=false", "training.warmup_ratio=0", "training.lr=1e-2")
+    whole = run(tiny_recipe(tiny_deit, digits_dir, tmp_path / "a", "last_block", *common, "training.batch_size=16"))
+    accumulated = run(
+        tiny_recipe(
+            tiny_deit,
+            digits_dir,
+            tmp_path / "b",
+            "last_block",
+            *common,
+            "training.batch_size=8",
+            "training.grad_accum=2",
+        )
+    )
+    a = AutoModelForImageClassification.from_pretrained(whole / "model").state_dict()
+    b = AutoModelForImageClassification.from_pretrained(accumulated / "model").state_dict()
+    fresh = AutoModelForImageClassification.from_pretrained(tiny_deit).state_dict()
+    moved = [n for n in a if n.startswith("deit.layers.2.") and not torch.equal(a[n], fresh[n])]
+    assert moved
+    assert all(torch.allclose(a[n], b[n], atol=1e-6) for n in a)
+
+
+def test_overwrite_empties_the_folder(tiny_vit, digits_dir, tmp_path):
+    run_dir = run(tiny_recipe(tiny_vit, digits_dir, tmp_path / "run", "lora", "training.epochs=1"))
+    assert (run_dir / "adapter").exists()
+    run(tiny_recipe(tiny_vit, digits_dir, run_dir, "linear_probe", "training.epochs=1", "output.overwrite=true"))
+    assert not (run_dir / "adapter").exists()
+    assert json.loads((run_dir / "metrics.json").read_text())["parameters"]["kind"] == "linear_probe"
+
+
+def test_num_labels_that_contradict_the_dataset_are_refused(tiny_vit, digits_dir, tmp_path):
+    from hf_tl.errors import HfTlError
+
+    with pytest.raises(HfTlError, match="model.num_labels=3 but the dataset has 5 classes"):
+        run(tiny_recipe(tiny_vit, digits_dir, tmp_path / "run", "full", "model.num_labels=3"))

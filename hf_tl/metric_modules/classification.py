@@ -43,9 +43,10 @@ class Classification(evaluate.Metric):
         denominator = precision + recall
         f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(num_classes), where=denominator > 0)
         present = support > 0
+        seen = present | (predicted_count > 0)  # scikit-learn's macro average: labels in either
         result = {
             "accuracy": float((predicted == refs).mean()),
-            "macro_f1": float(f1[present].mean()),
+            "macro_f1": float(f1[seen].mean()),
             "per_class_accuracy": [float(r) if s else None for r, s in zip(recall, present, strict=True)],
             "num_examples": int(len(refs)),
         }
