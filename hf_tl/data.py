@@ -110,6 +110,8 @@ def detect_columns(dataset: Dataset, cfg: DataSection) -> tuple[str, str]:
 
 def input_size(processor: Any) -> tuple[int, int]:
     """The (height, width) the model was trained at, from its image processor."""
+    if hasattr(processor, "data_config"):  # timm's processor, through transformers' timm wrapper
+        return tuple(processor.data_config["input_size"][-2:])
     size = processor.crop_size if getattr(processor, "do_center_crop", False) else processor.size
     get = size.get if isinstance(size, dict) else lambda k: getattr(size, k, None)
     if get("height") and get("width"):
@@ -120,6 +122,13 @@ def input_size(processor: Any) -> tuple[int, int]:
     raise DataError(f"cannot tell the input size from the image processor's size {size}.")
 
 
+def normalisation(processor: Any) -> tuple[list[float], list[float]]:
+    """Mean and std the model was trained with."""
+    if hasattr(processor, "data_config"):
+        return list(processor.data_config["mean"]), list(processor.data_config["std"])
+    return list(processor.image_mean), list(processor.image_std)
+
+
 def make_transform(processor: Any, cfg: DataSection, train: bool, image_column: str, label_column: str):
     """A batched `with_transform` function: RGB, resize to the model's size, flip (train), normalise."""
     steps = [T.ToImage(), T.Resize(input_size(processor), INTERPOLATIONS[cfg.interpolation], antialias=True)]
@@ -127,7 +136,7 @@ def make_transform(processor: Any, cfg: DataSection, train: bool, image_column: 
         steps.append(T.RandomHorizontalFlip())
     steps.append(T.ToDtype(torch.float32, scale=True))
     if getattr(processor, "do_normalize", True):
-        steps.append(T.Normalize(list(processor.image_mean), list(processor.image_std)))
+        steps.append(T.Normalize(*normalisation(processor)))
     pipeline = T.Compose(steps)
 
     def transform(batch: dict) -> dict:

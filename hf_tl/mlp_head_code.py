@@ -21,6 +21,7 @@ BASE_CLASSES = (
     "ConvNextForImageClassification",
     "ResNetForImageClassification",
     "BitForImageClassification",
+    "TimmWrapperForImageClassification",
 )
 
 

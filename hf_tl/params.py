@@ -18,6 +18,7 @@ from hf_tl.recipe import Recipe, recipe_from_argv
 from hf_tl.strategies import Summary, apply_strategy
 
 DEFAULT_NUM_LABELS = 10
+SHOWN_MODULES = 12
 
 
 def count_parameters(recipe: Recipe) -> Summary:
@@ -41,7 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"trainable:          {summary.trainable:,} of {summary.total:,} ({summary.trainable / summary.total:.2%})")
     print(f"trainable backbone: {summary.trainable_backbone:,}")
     print(f"trainable head:     {summary.trainable_head:,}")
-    print("trainable modules:  " + ("\n" + " " * 20).join(summary.trainable_modules or ["(none)"]))
+    shown = summary.trainable_modules[:SHOWN_MODULES] or ["(none)"]
+    hidden = len(summary.trainable_modules) - len(shown)
+    if hidden > 0:
+        shown.append(f"... and {hidden} more (--json lists them all)")
+    print("trainable modules:  " + ("\n" + " " * 20).join(shown))
 
 
 if __name__ == "__main__":

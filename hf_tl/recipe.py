@@ -32,7 +32,7 @@ SCHEDULERS = (
     "cosine_with_min_lr",
 )
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "adafactor")
-STRATEGIES = ("full", "linear_probe", "last_block", "lora")
+STRATEGIES = ("full", "linear_probe", "last_block", "last_k", "lora", "bitfit", "custom")
 
 
 def _opt(default: Any, help: str, choices: tuple = (), min: float | None = None, **kw: Any) -> Any:
@@ -56,6 +56,14 @@ class ModelSection:
 @dataclass
 class StrategySection:
     kind: str = _opt("full", "Which parameters train.", STRATEGIES)
+    unit: str = _opt(
+        "stage",
+        "What last_block/last_k count: 'stage' is Malpure et al.'s unit (a transformer or Swin block, a CNN stage); "
+        "'block' is one block, also inside a CNN stage.",
+        ("stage", "block"),
+    )
+    blocks: int = _opt(1, "How many trailing units last_k trains.", min=1)
+    trainable: list[str] = _opt([], "custom: globs over parameter names that train, e.g. ['*.layers.11.*', 'head.*'].")
     r: int = _opt(8, "LoRA rank.", min=1)
     alpha: int = _opt(16, "LoRA scaling alpha.", min=1)
     dropout: float = _opt(0.1, "LoRA dropout.", min=0.0)

@@ -6,12 +6,15 @@ import re
 import types
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from fnmatch import fnmatchcase
 
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
+from hf_tl import weight_standardized_lora
 from hf_tl.blocks import Layout, layout
 from hf_tl.errors import RecipeError
+from hf_tl.module_tree import covering, under
 from hf_tl.recipe import StrategySection
 
 PEFT_PREFIX = "base_model.model."
@@ -33,22 +36,59 @@ class Summary:
         return asdict(self)
 
 
-def _full(parts: Layout, cfg: StrategySection) -> list[str]:
-    return [""]
+Choice = Callable[[list[str], Layout, StrategySection], set[str]]
 
 
-def _linear_probe(parts: Layout, cfg: StrategySection) -> list[str]:
-    return parts.heads
+def _full(names: list[str], parts: Layout, cfg: StrategySection) -> set[str]:
+    return set(names)
 
 
-def _last_block(parts: Layout, cfg: StrategySection) -> list[str]:
-    return parts.blocks[-1:] + parts.norm + parts.heads
+def _linear_probe(names: list[str], parts: Layout, cfg: StrategySection) -> set[str]:
+    return {n for n in names if under(n, parts.heads)}
 
 
-FREEZING: dict[str, Callable[[Layout, StrategySection], list[str]]] = {
+def _last_block(names: list[str], parts: Layout, cfg: StrategySection) -> set[str]:
+    """Malpure et al. 2021 §3.3: the last unit, the final norm and the head(s)."""
+    return {n for n in names if under(n, parts.trailing(cfg.unit, 1) + parts.norm + parts.heads)}
+
+
+def _last_k(names: list[str], parts: Layout, cfg: StrategySection) -> set[str]:
+    return {n for n in names if under(n, parts.trailing(cfg.unit, cfg.blocks) + parts.norm + parts.heads)}
+
+
+def _bitfit(names: list[str], parts: Layout, cfg: StrategySection) -> set[str]:
+    return {n for n in names if n.rsplit(".", 1)[-1] == "bias" or under(n, parts.heads)}
+
+
+def _custom(names: list[str], parts: Layout, cfg: StrategySection) -> set[str]:
+    if not cfg.trainable:
+        raise RecipeError(
+            "strategy.kind=custom needs strategy.trainable=[glob, ...], e.g. ['*.layers.11.*', 'classifier.*']."
+        )
+    chosen: set[str] = set()
+    for pattern in cfg.trainable:
+        matched = {n for n in names if fnmatchcase(n, pattern)}
+        if not matched:
+            raise RecipeError(
+                f"strategy.trainable pattern '{pattern}' matches no parameter. Parameter names look like: "
+                f"{', '.join(names[:3])}, ..., {', '.join(names[-3:])} (list them with python -m hf_tl.params)."
+            )
+        chosen |= matched
+    if not any(under(n, parts.heads) for n in chosen):
+        raise RecipeError(
+            f"strategy.trainable leaves the head frozen, but it is freshly initialised and would predict at random. "
+            f"Add a pattern for it: {', '.join(f'{h}.*' for h in parts.heads)}."
+        )
+    return chosen
+
+
+FREEZING: dict[str, Choice] = {
     "full": _full,
     "linear_probe": _linear_probe,
     "last_block": _last_block,
+    "last_k": _last_k,
+    "bitfit": _bitfit,
+    "custom": _custom,
 }
 
 
@@ -58,17 +98,18 @@ def apply_strategy(model: nn.Module, cfg: StrategySection) -> tuple[nn.Module, S
     if cfg.kind == "lora":
         model = _lora(model, parts, cfg)
     else:
-        prefixes = FREEZING[cfg.kind](parts, cfg)
+        names = [n for n, _ in model.named_parameters()]
+        chosen = FREEZING[cfg.kind](names, parts, cfg)
         for name, param in model.named_parameters():
-            param.requires_grad_(_under(name, prefixes))
+            param.requires_grad_(name in chosen)
     keep_frozen_norms_in_eval(model)
     return model, summarize(model, cfg.kind, parts.heads)
 
 
 def keep_frozen_norms_in_eval(model: nn.Module) -> None:
-    """A frozen BatchNorm must not update its running statistics when the Trainer calls train()."""
+    """A BatchNorm not wholly trained keeps its running statistics when the Trainer calls train()."""
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not all(
             p.requires_grad for p in module.parameters()
         ):
             module.train = types.MethodType(_always_eval, module)
@@ -86,7 +127,10 @@ def _lora(model: nn.Module, parts: Layout, cfg: StrategySection) -> nn.Module:
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in targets if t not in names]
     if missing:
-        raise RecipeError(f"strategy.target_modules {missing} match no module of this {parts.family} model.")
+        raise RecipeError(
+            f"strategy.target_modules {missing} match no module of this {parts.family} model; "
+            f"its default targets are {parts.lora_targets}."
+        )
     batch_norms = sorted(
         {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     )
@@ -97,13 +141,13 @@ def _lora(model: nn.Module, parts: Layout, cfg: StrategySection) -> nn.Module:
         target_modules=targets,
         modules_to_save=parts.heads + batch_norms,  # BatchNorm statistics must travel with the adapter
     )
-    return get_peft_model(model, config)
+    return get_peft_model(model, weight_standardized_lora.register(config))
 
 
 def summarize(model: nn.Module, kind: str, heads: list[str]) -> Summary:
     params = {_canonical(n): p for n, p in model.named_parameters() if ".original_module." not in n}
     trainable = {n for n, p in params.items() if p.requires_grad}
-    head = sum(params[n].numel() for n in trainable if _under(n, heads))
+    head = sum(params[n].numel() for n in trainable if under(n, heads))
     n_trainable = sum(params[n].numel() for n in trainable)
     return Summary(
         kind=kind,
@@ -111,26 +155,10 @@ def summarize(model: nn.Module, kind: str, heads: list[str]) -> Summary:
         total=sum(p.numel() for p in params.values()),
         trainable_backbone=n_trainable - head,
         trainable_head=head,
-        trainable_modules=trainable_modules(model),
+        trainable_modules=covering(params, trainable),
     )
-
-
-def trainable_modules(model: nn.Module) -> list[str]:
-    """The shortest module names whose parameters all train ("" is the whole model)."""
-    found: list[str] = []
-    for name, module in model.named_modules():
-        if any(f == "" or name.startswith(f"{f}.") for f in found):
-            continue
-        params = list(module.parameters())
-        if params and all(p.requires_grad for p in params):
-            found.append(name)
-    return [_canonical(f) for f in found]
 
 
 def _canonical(name: str) -> str:
     """A parameter or module name as in the bare model, whether or not peft wraps it."""
     return _PEFT_COPY.sub("", name.removeprefix(PEFT_PREFIX))
-
-
-def _under(param_name: str, prefixes: list[str]) -> bool:
-    return any(p == "" or param_name == p or param_name.startswith(f"{p}.") for p in prefixes)

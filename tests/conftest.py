@@ -75,12 +75,99 @@ def save_deit_distilled(path: Path) -> Path:
 
 
 def save_resnet(path: Path) -> Path:
-    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+    from transformers import ResNetConfig, ResNetForImageClassification
 
-    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
-    ResNetForImageClassification(config).save_pretrained(path)
-    ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.485, 0.456, 0.406]).save_pretrained(path)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 2], num_labels=3)
+    return _save_with_processor(ResNetForImageClassification(config), path, 16)
+
+
+def save_swin(path: Path) -> Path:
+    from transformers import SwinConfig, SwinForImageClassification
+
+    config = SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 2], num_heads=[2, 2], window_size=4, num_labels=3
+    )
+    return _save_with_processor(SwinForImageClassification(config), path, 32)
+
+
+def save_convnext(path: Path) -> Path:
+    from transformers import ConvNextConfig, ConvNextForImageClassification
+
+    config = ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 2], num_stages=2, num_labels=3)
+    return _save_with_processor(ConvNextForImageClassification(config), path, 32)
+
+
+def save_bit(path: Path) -> Path:
+    """BiT as google/bit-50 is: pre-activation bottlenecks, weight-standardised convolutions, GroupNorm."""
+    from transformers import BitConfig, BitForImageClassification
+
+    config = BitConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 2], layer_type="preactivation", num_groups=2, num_labels=3
+    )
+    return _save_with_processor(BitForImageClassification(config), path, 32)
+
+
+def save_timm(path: Path, architecture: str, **model_args) -> Path:
+    """A timm model through transformers' timm wrapper; its image settings live in config.json, as on the Hub."""
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    image = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
+    config = TimmWrapperConfig(architecture=architecture, model_args=model_args, num_labels=3, pretrained_cfg=image)
+    TimmWrapperForImageClassification(config).save_pretrained(path)
     return path
+
+
+def save_densenet(path: Path) -> Path:
+    return save_timm(path, "densenet121", growth_rate=4, block_config=[2, 2], bn_size=2)
+
+
+def save_cait(path: Path) -> Path:
+    # Layer scale starts at 1, not CaiT's 1e-5, so that a few steps move every parameter visibly in float32.
+    return save_timm(
+        path,
+        "cait_xxs24_224",
+        depth=2,
+        depth_token_only=2,
+        embed_dim=16,
+        num_heads=2,
+        img_size=32,
+        patch_size=8,
+        init_values=1.0,
+    )
+
+
+def _save_with_processor(model, path: Path, size: int) -> Path:
+    from transformers import ViTImageProcessor
+
+    model.save_pretrained(path)
+    ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.485, 0.456, 0.406]).save_pretrained(path)
+    return path
+
+
+SAVERS = {
+    "vit": lambda path: save_vit(path),
+    "deit": lambda path: save_deit_distilled(path),
+    "swin": save_swin,
+    "convnext": save_convnext,
+    "resnet": save_resnet,
+    "bit": save_bit,
+    "densenet": save_densenet,
+    "cait": save_cait,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_family(tmp_path_factory):
+    """`tiny_family(name)`: the directory of a tiny saved model of that family, built once per session."""
+    root = tmp_path_factory.mktemp("families")
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = SAVERS[name](root / name)
+        return built[name]
+
+    return get
 
 
 @pytest.fixture(scope="session")

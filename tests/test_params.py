@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from conftest import run_cli
@@ -81,3 +82,60 @@ def test_unreadable_model_is_a_clear_error(tmp_path):
     result = run_cli("python", "-m", "hf_tl.params", "recipe=quickstart", f"model.name={tmp_path / 'missing'}")
     assert result.returncode == 1
     assert "could not load model" in result.stderr and "Traceback" not in result.stderr
+
+
+def save_config(path, name: str):
+    """Full-size configs of the papers' backbones, written locally: no weights, nothing from the Hub."""
+    from transformers import DeiTConfig, TimmWrapperConfig, ViTConfig
+
+    configs = {
+        "deit-b-distilled": DeiTConfig(architectures=["DeiTForImageClassificationWithTeacher"]),  # 224, patch 16
+        "vit-b16": ViTConfig(),  # 224, patch 16, width 768, 12 blocks
+        "cait-s24": TimmWrapperConfig(architecture="cait_s24_224"),
+        "densenet201": TimmWrapperConfig(architecture="densenet201"),
+    }
+    configs[name].save_pretrained(path / name)
+    return path / name
+
+
+DEIT_CUSTOM = "strategy.trainable=[deit.layers.11.*,cls_classifier.*,distillation_classifier.*]"
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "key", "expected"),
+    [
+        # Malpure et al. 2021, Table 1 (last block + final norm + the paper's MLP heads).
+        ("deit-b-distilled", ["strategy.kind=last_block", "model.head=mlp"], "trainable", 7_488_276),
+        ("cait-s24", ["strategy.kind=last_block", "model.head=mlp"], "trainable", 1_877_130),
+        # Table 1 counts DenseNet-201 without its head: dense block 4 + norm5.
+        ("densenet201", ["strategy.kind=last_block"], "trainable_backbone", 6_982_400),
+        # The public re-implementation: last block and both linear heads, no final norm.
+        ("deit-b-distilled", ["strategy.kind=custom", DEIT_CUSTOM], "trainable", 7_103_252),
+        # LoRA r=8 on query and value of ViT-B/16: VTAB-1k's 0.295 M.
+        ("vit-b16", ["strategy.kind=lora", "strategy.r=8"], "trainable_backbone", 294_912),
+    ],
+)
+def test_published_trainable_counts(tmp_path, config, overrides, key, expected):
+    model_dir = save_config(tmp_path, config)
+    args = ["recipe=quickstart", f"model.name={model_dir}", "model.num_labels=10", *overrides, "--json"]
+    result = run_cli(sys.executable, "-m", "hf_tl.params", *args)
+    assert result.returncode == 0, result.stderr
+    counted = json.loads(result.stdout)
+    assert counted[key] == expected
+    assert counted["trainable"] == counted["trainable_backbone"] + counted["trainable_head"]
+
+
+@pytest.mark.parametrize(
+    ("recipe", "config", "key", "expected"),
+    [
+        ("cait_s24_lastblock", "cait-s24", "trainable", 1_877_130),
+        ("densenet201_lastblock", "densenet201", "trainable_backbone", 6_982_400),
+        ("vit_b16_lora", "vit-b16", "trainable_backbone", 294_912),
+    ],
+)
+def test_shipped_recipes_train_what_their_papers_count(tmp_path, recipe, config, key, expected):
+    """The shipped recipe, pointed at a local copy of its checkpoint's architecture."""
+    summary = count_parameters(
+        load_recipe(recipe, [f"model.name={save_config(tmp_path, config)}", "model.num_labels=10"])
+    )
+    assert getattr(summary, key) == expected

@@ -34,6 +34,11 @@ REQUIRED_RECIPES = {
     "swin_b_lastblock",
     "convnext_b_lora",
     "resnet50_lastblock",
+    "cait_s24_lastblock",
+    "densenet201_lastblock",
+    "vit_b16_lora",
+    "swin_b_linear",
+    "resnet50_full",
 }
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MINIMAL = "model:\n  name: org/model\ndata:\n  dataset: ./images\n"
@@ -273,8 +278,8 @@ def test_section_given_a_scalar_names_the_section(section, tmp_path):
 def test_value_outside_choices_lists_them_and_suggests():
     message = _error("quickstart", ["strategy.kind=lastblock"])
     assert message == (
-        "recipe key 'strategy.kind' got 'lastblock', which is not one of: full, linear_probe, last_block, lora."
-        " Did you mean 'last_block'?"
+        "recipe key 'strategy.kind' got 'lastblock', which is not one of: "
+        "full, linear_probe, last_block, last_k, lora, bitfit, custom. Did you mean 'last_block'?"
     )
 
 

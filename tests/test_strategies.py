@@ -1,0 +1,106 @@
+"""Strategy choices that are refused, the blocks map of unusual models, and LoRA on standardised convolutions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForImageClassification
+
+from hf_tl.blocks import layout
+from hf_tl.errors import HfTlError, RecipeError
+from hf_tl.recipe import StrategySection
+from hf_tl.strategies import apply_strategy
+from hf_tl.weight_standardized_lora import register
+
+
+def model_of(tiny_family, name: str):
+    return AutoModelForImageClassification.from_pretrained(tiny_family(name))
+
+
+def test_last_k_beyond_the_model_names_the_range(tiny_family):
+    with pytest.raises(RecipeError, match=r"strategy.blocks=5.*has 2 units.*choose 1 to 2"):
+        apply_strategy(model_of(tiny_family, "resnet"), StrategySection(kind="last_k", blocks=5))
+
+
+def test_custom_without_patterns_is_refused(tiny_vit):
+    with pytest.raises(RecipeError, match=r"strategy.kind=custom needs strategy.trainable"):
+        apply_strategy(AutoModelForImageClassification.from_pretrained(tiny_vit), StrategySection(kind="custom"))
+
+
+def test_custom_pattern_that_matches_nothing_shows_real_names(tiny_vit):
+    model = AutoModelForImageClassification.from_pretrained(tiny_vit)
+    with pytest.raises(RecipeError, match=r"'encoder.layer.2.\*' matches no parameter.*vit.embeddings"):
+        apply_strategy(model, StrategySection(kind="custom", trainable=["encoder.layer.2.*", "classifier.*"]))
+
+
+def test_custom_that_freezes_the_fresh_head_is_refused(tiny_vit):
+    model = AutoModelForImageClassification.from_pretrained(tiny_vit)
+    with pytest.raises(RecipeError, match=r"head frozen.*classifier\.\*"):
+        apply_strategy(model, StrategySection(kind="custom", trainable=["vit.layers.2.*"]))
+
+
+def test_lora_target_that_matches_nothing_lists_the_defaults(tiny_vit):
+    model = AutoModelForImageClassification.from_pretrained(tiny_vit)
+    with pytest.raises(RecipeError, match=r"\['query'\] match no module.*default targets are \['q_proj', 'v_proj'\]"):
+        apply_strategy(model, StrategySection(kind="lora", target_modules=["query"]))
+
+
+def test_unknown_family_suggests_full(tmp_path):
+    from transformers import MobileViTConfig, MobileViTForImageClassification
+
+    model = MobileViTForImageClassification(MobileViTConfig(image_size=32, hidden_sizes=[16, 16, 16]))
+    with pytest.raises(HfTlError, match=r"model type 'mobilevit'.*timm models.*strategy.kind=full"):
+        layout(model)
+
+
+def test_cait_units_end_with_the_class_attention_blocks(tiny_family):
+    """timm groups CaiT's class-attention blocks with self-attention blocks; the paper trains the last alone."""
+    parts = layout(model_of(tiny_family, "cait"))
+    assert parts.units[-2:] == [("timm_model.blocks_token_only.0",), ("timm_model.blocks_token_only.1",)]
+    assert parts.heads == ["timm_model.head"] and parts.norm == ["timm_model.norm"]
+
+
+def test_densenet_units_come_from_timms_group_matcher(tiny_family):
+    parts = layout(model_of(tiny_family, "densenet"))
+    assert parts.family == "timm:densenet121"
+    assert parts.units == [
+        ("timm_model.features.denseblock1", "timm_model.features.transition1"),
+        ("timm_model.features.denseblock2",),
+    ]
+    assert parts.norm == ["timm_model.features.norm5"] and parts.heads == ["timm_model.classifier"]
+
+
+def test_frozen_batchnorm_stays_in_eval_mode_through_train(tiny_family):
+    model, _ = apply_strategy(model_of(tiny_family, "resnet"), StrategySection(kind="last_block"))
+    model.train()
+    frozen = model.resnet.embedder.embedder.normalization
+    trained = model.resnet.encoder.stages[1].layers[0].shortcut.normalization
+    assert not frozen.training and trained.training
+
+
+def _bit_with_random_adapters(tiny_family, config: LoraConfig):
+    torch.manual_seed(0)
+    model = get_peft_model(model_of(tiny_family, "bit"), config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+    return model.eval()
+
+
+def _merge_gap(model) -> float:
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        unmerged = model(pixel_values=pixels).logits
+        merged = model.merge_and_unload()(pixel_values=pixels).logits
+    return (unmerged - merged).abs().max().item()
+
+
+def test_lora_on_weight_standardised_convolutions_merges_exactly(tiny_family):
+    """peft's own layer adds B(A(x)) outside the standardisation, which no merged kernel reproduces."""
+    targets = ["conv1", "conv2", "conv3"]
+    ours = _bit_with_random_adapters(tiny_family, register(LoraConfig(r=4, target_modules=targets)))
+    plain = _bit_with_random_adapters(tiny_family, LoraConfig(r=4, target_modules=targets))
+    assert _merge_gap(ours) < 1e-5
+    assert _merge_gap(plain) > 1e-3
