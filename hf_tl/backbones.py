@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 
@@ -28,9 +30,41 @@ def load_model(cfg: ModelSection) -> PreTrainedModel:
         if cfg.weights == "none":
             config = AutoConfig.from_pretrained(cfg.name, **kwargs)
             return AutoModelForImageClassification.from_config(config, trust_remote_code=cfg.trust_remote_code)
-        return AutoModelForImageClassification.from_pretrained(cfg.name, **kwargs)
+        return AutoModelForImageClassification.from_pretrained(cfg.name, **kwargs, **_weights_format(cfg))
+    except ValueError as e:
+        if "trust_remote_code" in str(e) or "custom code" in str(e):
+            raise HfTlError(
+                f"'{cfg.name}' ships its own model code (an hf_tl MLP head, or another custom class). Read it, and "
+                "if you trust its source, set trust_remote_code=true (model.trust_remote_code=true in a recipe)."
+            ) from None
+        raise HfTlError(f"could not load model '{cfg.name}': {e}") from None
     except OSError as e:
+        if not cfg.allow_pickle and _has_only_pickle_weights(cfg):
+            raise HfTlError(
+                f"'{cfg.name}' has no safetensors weights, only pickle ones (.bin), which can run arbitrary code "
+                "when loaded. If you trust its source, set model.allow_pickle=true."
+            ) from None
         raise HfTlError(_unreachable(cfg.name, e)) from None
+
+
+def _has_only_pickle_weights(cfg: ModelSection) -> bool:
+    """Pickle weights seen in the local folder or the HF cache (nothing is fetched)."""
+    path = Path(cfg.name).expanduser()
+    if path.is_dir():
+        return any(path.glob("*.bin")) and not any(path.glob("*.safetensors"))
+    try:
+        cached = try_to_load_from_cache(cfg.name, "pytorch_model.bin", revision=cfg.revision)
+    except ValueError:  # not a Hub id either (huggingface_hub's HFValidationError)
+        return False
+    return isinstance(cached, str)
+
+
+def _weights_format(cfg: ModelSection) -> dict:
+    """safetensors only, unless the recipe accepts pickle."""
+    if cfg.allow_pickle:
+        logger.warning("model.allow_pickle=true: %s may load pickle weights, which can run code.", cfg.name)
+        return {}
+    return {"use_safetensors": True}
 
 
 def load_processor(cfg: ModelSection) -> object:
@@ -59,6 +93,8 @@ def replace_heads(model: PreTrainedModel, labels: list[str], kind: str) -> None:
     model.config.num_labels = len(labels)
     model.config.id2label = dict(enumerate(labels))
     model.config.label2id = {label: i for i, label in enumerate(labels)}
+    if hasattr(model.config, "label_names"):  # timm wrapper: config.json stores the names here, and keeps stale ones
+        model.config.label_names = list(labels)
     model.config.hf_tl_mlp_heads = heads if kind == "mlp" else []
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 from hf_tl.errors import DataError
+from hf_tl.image_check import drop_or_refuse_bad_images
 from hf_tl.recipe import DataSection
 
 INTERPOLATIONS = {
@@ -30,6 +31,7 @@ class Splits:
     image_column: str
     label_column: str
     eval_split: str
+    skipped_images: dict[str, int] = field(default_factory=dict)  # undecodable images left out, per split
 
 
 def load_splits(cfg: DataSection, seed: int) -> Splits:
@@ -37,7 +39,19 @@ def load_splits(cfg: DataSection, seed: int) -> Splits:
     dataset = open_dataset(cfg)
     train = _split(dataset, cfg.train_split, "data.train_split")
     image_column, label_column = detect_columns(train, cfg)
-    train = _as_class_label(train, label_column)
+    skipped: dict[str, int] = {}
+    # Every image is decoded once before training. A run capped by max_*_samples checks only what it keeps,
+    # after the cut; otherwise each source split is checked whole, before the held-out split is drawn.
+    capped = bool(cfg.max_train_samples or cfg.max_eval_samples)
+
+    def readable(split: Dataset, name: str) -> Dataset:
+        kept, count = drop_or_refuse_bad_images(
+            split, image_column, cfg.on_bad_image, name, num_proc=cfg.num_workers or None
+        )
+        skipped[name] = skipped.get(name, 0) + count
+        return kept
+
+    train = _as_class_label(train if capped else readable(train, cfg.train_split), label_column)
     if cfg.eval_split == cfg.train_split:
         raise DataError(
             f"data.eval_split and data.train_split are both '{cfg.train_split}': "
@@ -45,12 +59,16 @@ def load_splits(cfg: DataSection, seed: int) -> Splits:
         )
     if cfg.eval_split:
         eval_set, eval_name = _split(dataset, cfg.eval_split, "data.eval_split"), cfg.eval_split
-        eval_set = _labels_like(eval_set, train, label_column)
+        eval_source = eval_name
     elif "validation" in dataset:
-        eval_set, eval_name = _labels_like(dataset["validation"], train, label_column), "validation"
+        eval_set, eval_name = dataset["validation"], "validation"
+        eval_source = eval_name
     else:
         train, eval_set = _seeded_split(train, label_column, cfg.val_fraction, seed)
         eval_name = f"{cfg.train_split}[{cfg.val_fraction:.0%} held out, seed {seed}]"
+        eval_source = None  # drawn from the train split, checked already
+    if eval_source:
+        eval_set = _labels_like(eval_set if capped else readable(eval_set, eval_source), train, label_column)
     labels = train.features[label_column].names
     if len(labels) < 2:
         raise DataError(
@@ -58,10 +76,12 @@ def load_splits(cfg: DataSection, seed: int) -> Splits:
         )
     train = _first(train.shuffle(seed=seed), cfg.max_train_samples) if cfg.max_train_samples else train
     eval_set = _first(eval_set.shuffle(seed=seed), cfg.max_eval_samples) if cfg.max_eval_samples else eval_set
+    if capped:
+        train, eval_set = readable(train, cfg.train_split), readable(eval_set, eval_source or cfg.train_split)
     for name, part in (("training", train), ("evaluation", eval_set)):
         if len(part) == 0:
             raise DataError(f"the {name} split of '{cfg.dataset}' is empty; check data.*_split and max_*_samples.")
-    return Splits(train, eval_set, labels, image_column, label_column, eval_name)
+    return Splits(train, eval_set, labels, image_column, label_column, eval_name, skipped)
 
 
 def open_dataset(cfg: DataSection) -> DatasetDict:

@@ -10,10 +10,8 @@ from peft import PeftModel
 from transformers import Trainer
 
 from hf_tl import mlp_head_code
-from hf_tl.rundir import write_json
+from hf_tl.rundir import ADAPTER_DIR, MODEL_DIR, replaced_atomically, write_json
 
-MODEL_DIR = "model"
-ADAPTER_DIR = "adapter"
 CODE_MODULE = "hf_tl_mlp_head"
 
 
@@ -24,15 +22,17 @@ def save_final_model(trainer: Trainer, run_dir: Path) -> None:
         return
     processor = trainer.processing_class
     if isinstance(model, PeftModel):
-        model.save_pretrained(run_dir / ADAPTER_DIR)
-        processor.save_pretrained(run_dir / ADAPTER_DIR)
+        with replaced_atomically(run_dir / ADAPTER_DIR) as adapter_dir:
+            model.save_pretrained(adapter_dir)
+            processor.save_pretrained(adapter_dir)
         model = model.merge_and_unload(safe_merge=True)
     custom_head = bool(getattr(model.config, "hf_tl_mlp_heads", None))
-    # transformers renames pre-v5 keys only for its own classes, so a custom-code checkpoint keeps v5 names.
-    model.save_pretrained(run_dir / MODEL_DIR, save_original_format=not custom_head)
-    processor.save_pretrained(run_dir / MODEL_DIR)
-    if custom_head:
-        make_mlp_head_loadable(run_dir / MODEL_DIR, type(model).__name__)
+    with replaced_atomically(run_dir / MODEL_DIR) as model_dir:
+        # transformers renames pre-v5 keys only for its own classes, so a custom-code checkpoint keeps v5 names.
+        model.save_pretrained(model_dir, save_original_format=not custom_head)
+        processor.save_pretrained(model_dir)
+        if custom_head:
+            make_mlp_head_loadable(model_dir, type(model).__name__)
 
 
 def make_mlp_head_loadable(model_dir: Path, architecture: str) -> None:
@@ -43,6 +43,8 @@ def make_mlp_head_loadable(model_dir: Path, architecture: str) -> None:
     config_class = getattr(mlp_head_code, f"MlpHead{architecture}").config_class.__name__
     config["model_type"] = mlp_head_code.MODEL_TYPE_PREFIX + config["model_type"]
     config["architectures"] = [f"MlpHead{architecture}"]
+    if "pretrained_cfg" in config:  # timm: AutoImageProcessor cannot tell the processor from the prefixed model_type
+        config["image_processor_type"] = "TimmWrapperImageProcessor"
     config["auto_map"] = {
         "AutoConfig": f"{CODE_MODULE}.{config_class}",
         "AutoModelForImageClassification": f"{CODE_MODULE}.MlpHead{architecture}",

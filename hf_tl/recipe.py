@@ -35,8 +35,8 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "adafactor")
 STRATEGIES = ("full", "linear_probe", "last_block", "last_k", "lora", "bitfit", "custom")
 
 
-def _opt(default: Any, help: str, choices: tuple = (), min: float | None = None, **kw: Any) -> Any:
-    """A dataclass field carrying its help text and the checks OmegaConf cannot express."""
+def option(default: Any, help: str, choices: tuple = (), min: float | None = None, **kw: Any) -> Any:
+    """A dataclass field carrying its help text and the checks OmegaConf cannot express (see `check_options`)."""
     meta = {"help": help, "choices": choices, "min": min}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
@@ -45,79 +45,94 @@ def _opt(default: Any, help: str, choices: tuple = (), min: float | None = None,
 
 @dataclass
 class ModelSection:
-    name: str = _opt(MISSING, "Hub id or local directory of an image-classification checkpoint.")
-    revision: Optional[str] = _opt(None, "Hub revision (branch, tag or commit) of model.name.")
-    weights: str = _opt("pretrained", "'none' builds the model from its config alone.", ("pretrained", "none"))
-    head: str = _opt("linear", "'mlp' is Malpure et al.'s Linear(d,256)-ELU-Dropout(0.5)-Linear.", ("linear", "mlp"))
-    num_labels: Optional[int] = _opt(None, "Class count when no dataset is read (hf_tl.params).", min=1)
-    trust_remote_code: bool = _opt(False, "Run code shipped with the checkpoint. Only for sources you trust.")
+    name: str = option(MISSING, "Hub id or local directory of an image-classification checkpoint.")
+    revision: Optional[str] = option(None, "Hub revision (branch, tag or commit) of model.name.")
+    weights: str = option("pretrained", "'none' builds the model from its config alone.", ("pretrained", "none"))
+    head: str = option("linear", "'mlp' is Malpure et al.'s Linear(d,256)-ELU-Dropout(0.5)-Linear.", ("linear", "mlp"))
+    num_labels: Optional[int] = option(None, "Class count when no dataset is read (hf_tl.params).", min=1)
+    trust_remote_code: bool = option(False, "Run code shipped with the checkpoint. Only for sources you trust.")
+    allow_pickle: bool = option(False, "Load pickle (.bin) weights, which can run code. Only for sources you trust.")
 
 
 @dataclass
 class StrategySection:
-    kind: str = _opt("full", "Which parameters train.", STRATEGIES)
-    unit: str = _opt(
+    kind: str = option("full", "Which parameters train.", STRATEGIES)
+    unit: str = option(
         "stage",
         "What last_block/last_k count: 'stage' is Malpure et al.'s unit (a transformer or Swin block, a CNN stage); "
         "'block' is one block, also inside a CNN stage.",
         ("stage", "block"),
     )
-    blocks: int = _opt(1, "How many trailing units last_k trains.", min=1)
-    trainable: list[str] = _opt([], "custom: globs over parameter names that train, e.g. ['*.layers.11.*', 'head.*'].")
-    r: int = _opt(8, "LoRA rank.", min=1)
-    alpha: int = _opt(16, "LoRA scaling alpha.", min=1)
-    dropout: float = _opt(0.1, "LoRA dropout.", min=0.0)
-    target_modules: list[str] = _opt([], "LoRA target module names; empty reads the family's default from the model.")
+    blocks: int = option(1, "How many trailing units last_k trains.", min=1)
+    trainable: list[str] = option(
+        [], "custom: globs over parameter names that train, e.g. ['*.layers.11.*', 'head.*']."
+    )
+    r: int = option(8, "LoRA rank.", min=1)
+    alpha: int = option(16, "LoRA scaling alpha.", min=1)
+    dropout: float = option(0.1, "LoRA dropout.", min=0.0)
+    target_modules: list[str] = option([], "LoRA target module names; empty reads the family's default from the model.")
 
 
 @dataclass
 class DataSection:
-    dataset: str = _opt(MISSING, "Hub id, image-folder directory, or a directory written by save_to_disk.")
-    config_name: Optional[str] = _opt(None, "Dataset configuration name on the Hub.")
-    train_split: str = _opt("train", "Split to train on.")
-    eval_split: Optional[str] = _opt(None, "Split to validate on; default 'validation', else a seeded split of train.")
-    val_fraction: float = _opt(0.1, "Share of train held out when the dataset has no validation split.", min=0.0)
-    image_column: Optional[str] = _opt(None, "Image column; detected from the features when unset.")
-    label_column: Optional[str] = _opt(None, "Label column; detected from the features when unset.")
-    max_train_samples: Optional[int] = _opt(None, "Keep this many training examples (seeded).", min=1)
-    max_eval_samples: Optional[int] = _opt(None, "Keep this many validation examples.", min=1)
-    interpolation: str = _opt(
+    dataset: str = option(MISSING, "Hub id, image-folder directory, or a directory written by save_to_disk.")
+    config_name: Optional[str] = option(None, "Dataset configuration name on the Hub.")
+    train_split: str = option("train", "Split to train on.")
+    eval_split: Optional[str] = option(
+        None, "Split to validate on; default 'validation', else a seeded split of train."
+    )
+    val_fraction: float = option(0.1, "Share of train held out when the dataset has no validation split.", min=0.0)
+    image_column: Optional[str] = option(None, "Image column; detected from the features when unset.")
+    label_column: Optional[str] = option(None, "Label column; detected from the features when unset.")
+    max_train_samples: Optional[int] = option(None, "Keep this many training examples (seeded).", min=1)
+    max_eval_samples: Optional[int] = option(None, "Keep this many validation examples.", min=1)
+    interpolation: str = option(
         "bilinear", "Resize to the model's input size with this filter.", ("bilinear", "bicubic", "nearest")
     )
-    hflip: bool = _opt(True, "Random horizontal flip while training.")
-    num_workers: int = _opt(0, "Data-loader worker processes.", min=0)
+    hflip: bool = option(True, "Random horizontal flip while training.")
+    num_workers: int = option(0, "Data-loader worker processes.", min=0)
+    on_bad_image: str = option(
+        "error", "An image that cannot be decoded: 'error' names it and stops, 'skip' leaves it out.", ("error", "skip")
+    )
 
 
 @dataclass
 class TrainingSection:
-    epochs: float = _opt(3.0, "Training epochs.", min=0.0)
-    max_steps: int = _opt(-1, "Stop after this many optimizer steps; -1 uses epochs.", min=-1)
-    batch_size: int = _opt(32, "Per-device training batch size.", min=1)
-    eval_batch_size: Optional[int] = _opt(None, "Per-device evaluation batch size; default batch_size.", min=1)
-    grad_accum: int = _opt(1, "Gradient accumulation steps.", min=1)
-    lr: float = _opt(5e-5, "Peak learning rate.", min=0.0)
-    weight_decay: float = _opt(0.0, "Weight decay.", min=0.0)
-    warmup_ratio: float = _opt(0.0, "Share of steps spent warming up (below 1).", min=0.0)
-    scheduler: str = _opt("linear", "Learning-rate schedule (transformers' names).", SCHEDULERS)
-    scheduler_kwargs: dict[str, Any] = _opt({}, "Extra scheduler arguments, e.g. {factor: 0.6, min_lr: 1e-7}.")
-    optimizer: str = _opt("adamw_torch", "Optimizer (transformers' names).", OPTIMIZERS)
-    precision: str = _opt("fp32", "Mixed precision.", ("fp32", "bf16", "fp16"))
-    seed: int = _opt(42, "Seed for initialisation, data split and order.")
-    early_stopping_patience: Optional[int] = _opt(None, "Stop after this many evaluations without improvement.", min=1)
-    logging_steps: int = _opt(10, "Log the loss every this many steps.", min=1)
+    epochs: float = option(3.0, "Training epochs.", min=0.0)
+    max_steps: int = option(-1, "Stop after this many optimizer steps; -1 uses epochs.", min=-1)
+    batch_size: int = option(32, "Per-device training batch size.", min=1)
+    eval_batch_size: Optional[int] = option(None, "Per-device evaluation batch size; default batch_size.", min=1)
+    grad_accum: int = option(1, "Gradient accumulation steps.", min=1)
+    lr: float = option(5e-5, "Peak learning rate.", min=0.0)
+    weight_decay: float = option(0.0, "Weight decay.", min=0.0)
+    warmup_ratio: float = option(0.0, "Share of steps spent warming up (below 1).", min=0.0)
+    scheduler: str = option("linear", "Learning-rate schedule (transformers' names).", SCHEDULERS)
+    scheduler_kwargs: dict[str, Any] = option({}, "Extra scheduler arguments, e.g. {factor: 0.6, min_lr: 1e-7}.")
+    optimizer: str = option("adamw_torch", "Optimizer (transformers' names).", OPTIMIZERS)
+    precision: str = option("fp32", "Mixed precision.", ("fp32", "bf16", "fp16"))
+    seed: int = option(42, "Seed for initialisation, data split and order.")
+    early_stopping_patience: Optional[int] = option(
+        None, "Stop after this many evaluations without improvement.", min=1
+    )
+    logging_steps: int = option(10, "Log the loss every this many steps.", min=1)
+    resume: str = option(
+        "auto",
+        "'auto' continues from the last complete checkpoint in output.dir; 'never' discards them and starts over.",
+        ("auto", "never"),
+    )
 
 
 @dataclass
 class HubSection:
-    push: bool = _opt(False, "Push the run folder to the Hub at the end of the run.")
-    repo_id: Optional[str] = _opt(None, "Target repository, 'user/name'.")
-    private: bool = _opt(False, "Create the repository private.")
+    push: bool = option(False, "Push the run folder to the Hub at the end of the run.")
+    repo_id: Optional[str] = option(None, "Target repository, 'user/name'.")
+    private: bool = option(False, "Create the repository private.")
 
 
 @dataclass
 class OutputSection:
-    dir: Optional[str] = _opt(None, "Run folder; default runs/<recipe>-<timestamp>.")
-    overwrite: bool = _opt(False, "Empty an existing run folder first (default: resume a run of the same recipe).")
+    dir: Optional[str] = option(None, "Run folder; default runs/<recipe>-<timestamp>.")
+    overwrite: bool = option(False, "Empty an existing run folder first (default: resume a run of the same recipe).")
 
 
 @dataclass
@@ -158,7 +173,7 @@ def find_recipe(name_or_path: str) -> Path:
         return shipped
     known = available_recipes()
     raise RecipeError(
-        f"unknown recipe '{name_or_path}'.{_did_you_mean(name_or_path, known)}\n"
+        f"unknown recipe '{name_or_path}'.{did_you_mean(name_or_path, known)}\n"
         f"  known recipes: {', '.join(known)}\n"
         "  or give a path to a .yaml file; `python -m hf_tl.recipes list` shows them all."
     )
@@ -263,20 +278,24 @@ def _check_missing(cfg: DictConfig) -> None:
                 )
 
 
+def check_options(obj: Any, prefix: str = "", what: str = "recipe key") -> None:
+    """Every `option` field of the dataclass `obj` against its choices and minimum."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        choices, low = f.metadata.get("choices"), f.metadata.get("min")
+        if choices and value not in choices:
+            raise RecipeError(
+                f"{what} '{key}' got '{value}', which is not one of: {', '.join(choices)}."
+                f"{did_you_mean(str(value), choices)}"
+            )
+        if low is not None and value is not None and value < low:
+            raise RecipeError(f"{what} '{key}' got {value}; it must be at least {low}.")
+
+
 def _check_values(recipe: Recipe) -> None:
     for section_name in SECTIONS:
-        section = getattr(recipe, section_name)
-        for f in dataclasses.fields(section):
-            value = getattr(section, f.name)
-            key = f"{section_name}.{f.name}"
-            choices, low = f.metadata.get("choices"), f.metadata.get("min")
-            if choices and value not in choices:
-                raise RecipeError(
-                    f"recipe key '{key}' got '{value}', which is not one of: {', '.join(choices)}."
-                    f"{_did_you_mean(str(value), choices)}"
-                )
-            if low is not None and value is not None and value < low:
-                raise RecipeError(f"recipe key '{key}' got {value}; it must be at least {low}.")
+        check_options(getattr(recipe, section_name), f"{section_name}.")
     if not 0 < recipe.data.val_fraction < 1:
         raise RecipeError(
             f"recipe key 'data.val_fraction' got {recipe.data.val_fraction}; it must lie strictly between 0 and 1."
@@ -291,7 +310,8 @@ def _check_values(recipe: Recipe) -> None:
         raise RecipeError("hub.push=true needs hub.repo_id=user/name.")
 
 
-def _did_you_mean(value: str, choices: Any) -> str:
+def did_you_mean(value: str, choices: Any) -> str:
+    """' Did you mean X?' for the closest of `choices`, or ''."""
     close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
 
@@ -304,7 +324,7 @@ def _unknown_key_message(full_key: str) -> str:
     else:
         valid, where = list(SECTIONS), ""
     bad = ".".join(path[:2]) if path[0] in SECTIONS else path[0]
-    return f"unknown recipe key '{full_key}'.{_did_you_mean(bad, valid)}\n  valid keys{where}: {', '.join(valid)}"
+    return f"unknown recipe key '{full_key}'.{did_you_mean(bad, valid)}\n  valid keys{where}: {', '.join(valid)}"
 
 
 def _bad_type_message(full_key: str, value: Any) -> str:

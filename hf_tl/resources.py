@@ -27,6 +27,11 @@ def recipe_dir() -> Path:
     return _shipped("hf_tl._recipes", "recipes")
 
 
+def model_card_template(name: str = "hf_tl") -> Path:
+    """`model_cards/NAME.md` of the checkout, installed as the package data `hf_tl._model_cards`."""
+    return _shipped("hf_tl._model_cards", "model_cards") / f"{name}.md"
+
+
 def asset_path(relative: str) -> Path:
     """A file or folder under hf_tl/assets, as named by `${hf_tl.asset:...}` in a recipe."""
     root = Path(__file__).resolve().parent / "assets"

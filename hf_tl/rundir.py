@@ -7,10 +7,13 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from accelerate.utils import broadcast_object_list
+from omegaconf import OmegaConf
 
 from hf_tl.environment import process_state
 from hf_tl.errors import HfTlError
@@ -20,6 +23,8 @@ RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
 LOG_HISTORY_FILE = "log_history.json"
 CHECKPOINTS_DIR = "checkpoints"
+MODEL_DIR = "model"  # the final model, merged: loads with plain from_pretrained
+ADAPTER_DIR = "adapter"  # LoRA runs: the peft adapter
 
 
 def resolve_run_dir(recipe: Recipe) -> Path:
@@ -66,6 +71,8 @@ def write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -73,7 +80,55 @@ def write_text(path: Path, text: str) -> None:
         raise
 
 
-def _without_output(recipe_yaml: str) -> str:
-    """Recipes compared for 'same run': the output section may differ."""
-    head, sep, _ = recipe_yaml.partition("\noutput:")
-    return head
+@contextmanager
+def replaced_atomically(target: Path) -> Iterator[Path]:
+    """A hidden folder to fill; on success it replaces `target` by rename, so a crash leaves the old or the new."""
+    partial = target.parent / f".{target.name}.partial"
+    previous = target.parent / f".{target.name}.previous"
+    if previous.exists():  # a crash between the two renames below: put the old folder back first
+        if target.exists():
+            shutil.rmtree(previous)
+        else:
+            os.replace(previous, target)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    sync_tree(partial)
+    if target.exists():
+        os.replace(target, previous)
+    os.replace(partial, target)
+    sync_tree(target.parent, files=False)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def sync_tree(folder: Path, files: bool = True) -> None:
+    """fsync a folder's files (with `files`) and the folder itself, so a rename after it is durable."""
+    if files:
+        for path in Path(folder).rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _without_output(recipe_yaml: str) -> dict:
+    """Recipes compared for 'same run', defaults filled in (an older folder lacks newer keys); where the output
+    goes, whether to resume and whether to push may differ."""
+    written = OmegaConf.create(recipe_yaml)
+    try:
+        written = OmegaConf.merge(OmegaConf.structured(Recipe), written)
+    except Exception:  # keys of another hf_tl version: compare as written
+        pass
+    recipe = OmegaConf.to_container(written)
+    for section in ("name", "output", "hub"):
+        recipe.pop(section, None)
+    recipe.get("training", {}).pop("resume", None)
+    return recipe

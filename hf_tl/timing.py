@@ -5,10 +5,15 @@ from __future__ import annotations
 import time
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 
-class EpochTimer(TrainerCallback):
-    """Training seconds per epoch (evaluation excluded) and evaluation seconds per epoch."""
+class EpochTimer(TrainerCallback, ExportableState):
+    """Training seconds per epoch (evaluation excluded) and evaluation seconds per epoch.
+
+    Its lists travel in each checkpoint's trainer state, so a resumed run reports every epoch.
+    On resume the Trainer rebuilds this callback from that state: find it with `of(trainer)`.
+    """
 
     def __init__(self) -> None:
         self.train_seconds: list[float] = []
@@ -29,6 +34,13 @@ class EpochTimer(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._in_training = False
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds}}
+
+    @staticmethod
+    def of(trainer) -> EpochTimer:
+        return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, EpochTimer))
 
     def to_dict(self) -> dict:
         return {"train_seconds_per_epoch": self.train_seconds, "eval_seconds_per_epoch": self.eval_seconds}

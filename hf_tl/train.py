@@ -16,17 +16,18 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from hf_tl import rundir
 from hf_tl.backbones import load_backbone
+from hf_tl.card import write_run_card
 from hf_tl.data import Splits, collate, load_splits, make_transform
 from hf_tl.environment import device_info, library_versions, process_state
 from hf_tl.errors import HfTlError, cli
 from hf_tl.export import save_final_model
-from hf_tl.hub import push_run
+from hf_tl.hub import check_can_push, push_run
 from hf_tl.losses import classification_loss
 from hf_tl.metrics import compute_metrics, full_metrics
 from hf_tl.recipe import Recipe, recipe_from_argv
 from hf_tl.strategies import Summary, apply_strategy
 from hf_tl.timing import EpochTimer
-from hf_tl.trainer import HfTlTrainer, training_arguments
+from hf_tl.trainer import SAVE_ERRORS, HfTlTrainer, disk_full, training_arguments
 
 
 def build_trainer(recipe: Recipe, run_dir: Path) -> tuple[HfTlTrainer, Splits, Summary, EpochTimer]:
@@ -69,8 +70,25 @@ def evaluate_split(trainer: HfTlTrainer, dataset, labels: list[str], prefix: str
     return full
 
 
+def resume_point(recipe: Recipe, checkpoints: Path) -> str | None:
+    """The last complete checkpoint to continue from (`training.resume=auto`), announced on the main process."""
+    state = process_state()
+    if recipe.training.resume == "never":
+        state.wait_for_everyone()
+        if state.is_main_process:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        state.wait_for_everyone()
+        return None
+    checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if checkpoint and state.is_main_process:
+        print(f"hf_tl: resuming from {checkpoint} (training.resume=never starts over)", flush=True)
+    return checkpoint
+
+
 def run(recipe: Recipe) -> Path:
     state = process_state()
+    if recipe.hub.push:  # a push that cannot happen is found before the training, not after it
+        check_can_push(recipe.hub.repo_id)
     run_dir = rundir.resolve_run_dir(recipe)
     rundir.prepare_run_dir(run_dir, recipe)
     set_seed(recipe.training.seed)
@@ -81,16 +99,17 @@ def run(recipe: Recipe) -> Path:
             f"parameters train | {len(splits.train)} train / {len(splits.eval)} eval images | run folder {run_dir}",
             flush=True,
         )
-    checkpoint = get_last_checkpoint(trainer.args.output_dir) if Path(trainer.args.output_dir).is_dir() else None
+    checkpoint = resume_point(recipe, Path(trainer.args.output_dir))
     started = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except KeyboardInterrupt:
         raise HfTlError(
-            f"interrupted. The last epoch checkpoint is in {run_dir / rundir.CHECKPOINTS_DIR}; resume with the "
-            f"same command plus output.dir={run_dir}"
+            f"interrupted. Completed epochs are checkpointed in {run_dir / rundir.CHECKPOINTS_DIR}; continue with "
+            f"the same command plus output.dir={run_dir}"
         ) from None
     train_wall = time.perf_counter() - started
+    timer = EpochTimer.of(trainer)  # on resume the Trainer rebuilt it from the checkpoint
     columns = (splits.image_column, splits.label_column)
     train_eval = splits.train.with_transform(make_transform(trainer.processing_class, recipe.data, False, *columns))
     metrics = {
@@ -100,6 +119,7 @@ def run(recipe: Recipe) -> Path:
         "eval_split": splits.eval_split,
         "num_train_examples": len(splits.train),
         "num_eval_examples": len(splits.eval),
+        "skipped_images": splits.skipped_images,
         "eval": evaluate_split(trainer, trainer.eval_dataset, splits.labels, "eval"),
         "train": evaluate_split(trainer, train_eval, splits.labels, "train"),
         "parameters": summary.to_dict(),
@@ -108,10 +128,18 @@ def run(recipe: Recipe) -> Path:
         "device": device_info(),
         "versions": library_versions(),
     }
-    save_final_model(trainer, run_dir)
+    try:
+        save_final_model(trainer, run_dir)
+    except SAVE_ERRORS as e:
+        cause, fix = ("the disk is full", "free some space") if disk_full(e, run_dir) else (str(e), "fix the cause")
+        raise HfTlError(
+            f"could not write the trained model into {run_dir}: {cause}. The epoch checkpoints are kept in "
+            f"{run_dir / rundir.CHECKPOINTS_DIR}; {fix} and run the same command again to finish."
+        ) from None
     if state.is_main_process:
         rundir.write_json(run_dir / rundir.LOG_HISTORY_FILE, trainer.state.log_history)
         rundir.write_json(run_dir / rundir.METRICS_FILE, metrics)
+        write_run_card(run_dir)  # README.md (the model card) and the training curves: ready to push
         shutil.rmtree(run_dir / rundir.CHECKPOINTS_DIR, ignore_errors=True)
         print(
             f"hf_tl: eval accuracy {metrics['eval']['accuracy']:.4f}, train accuracy "

@@ -2,24 +2,76 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+from safetensors import SafetensorError
 from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from hf_tl.environment import no_accelerator
+from hf_tl.errors import HfTlError
 from hf_tl.recipe import Recipe
+from hf_tl.rundir import sync_tree
+
+STAGING_DIR = ".saving"  # checkpoints are written here, then renamed into place
+LOW_DISK_BYTES = 64 * 2**20
+# What a save raises on a full or failing disk: OSError, safetensors' own error, torch.save's RuntimeError.
+SAVE_ERRORS = (OSError, SafetensorError, RuntimeError)
 
 
 class HfTlTrainer(Trainer):
-    """Saves its resume/best checkpoints under the model's current parameter names.
+    """transformers' Trainer, with checkpoints that are complete or absent, under current key names.
 
-    transformers 5 saves checkpoints under the pre-v5 names by default, then reloads
-    the best one (and resumes) with a plain `load_state_dict`, which matches none of
-    the renamed keys and silently keeps the wrong weights. The final model is still
-    saved in the default, widely loadable format.
+    Each checkpoint is written into a staging folder and renamed into place only when every
+    file is there, so a crash or a full disk while saving never leaves a half checkpoint
+    that resume would pick up. transformers 5 saves checkpoints under the pre-v5 names by
+    default, then reloads the best one (and resumes) with a plain `load_state_dict`, which
+    matches none of the renamed keys and silently keeps the wrong weights; these keep the
+    model's current names. The final model is still saved in the default, widely loadable format.
     """
+
+    _staging: str | None = None
+
+    def _get_output_dir(self, trial) -> str:
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        run_dir = Path(super()._get_output_dir(trial))
+        staging = run_dir / STAGING_DIR
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self._staging = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        except SAVE_ERRORS as e:
+            raise _save_failed(e, run_dir, staging) from None
+        finally:
+            self._staging = None
+        if self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint).parent == staging:
+            self.state.best_model_checkpoint = str(run_dir / name)
+        self.accelerator.wait_for_everyone()  # every rank's files (RNG states) are in the staging folder
+        if self.args.should_save:
+            self.state.save_to_json(str(staging / name / TRAINER_STATE_NAME))
+            sync_tree(staging / name)  # on disk before the rename, so a power cut cannot leave empty files
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+            os.replace(staging / name, run_dir / name)
+            sync_tree(run_dir, files=False)
+            staging.rmdir()
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=False,
+            )
+        self.accelerator.wait_for_everyone()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         model = self.accelerator.unwrap_model(self.model)
@@ -27,6 +79,31 @@ class HfTlTrainer(Trainer):
             return super().save_model(output_dir, _internal_call)
         with _current_key_names(model):
             return super().save_model(output_dir, _internal_call)
+
+
+def _save_failed(error: Exception, run_dir: Path, staging: Path) -> HfTlError:
+    shutil.rmtree(staging, ignore_errors=True)
+    last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+    kept = f"The last complete checkpoint, {last}, is intact" if last else "No earlier checkpoint exists"
+    if disk_full(error, run_dir):
+        return HfTlError(
+            f"could not save a checkpoint in {run_dir}: the disk is full. {kept}. "
+            "Free some space, then run the same command again to resume."
+        )
+    return HfTlError(
+        f"could not save a checkpoint in {run_dir}: {error}. {kept}. Fix the cause, then run the same command "
+        "again to resume."
+    )
+
+
+def disk_full(error: Exception, folder: Path) -> bool:
+    """safetensors and torch.save report a full disk in their own words; errno or the free space tell the rest."""
+    if getattr(error, "errno", None) == errno.ENOSPC or any(w in str(error) for w in ("No space left", "StorageFull")):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < LOW_DISK_BYTES
+    except OSError:
+        return False
 
 
 @contextmanager
@@ -71,4 +148,5 @@ def training_arguments(recipe: Recipe, checkpoints_dir: Path) -> TrainingArgumen
         dataloader_pin_memory=not no_accelerator(),
         use_cpu=no_accelerator(),
         disable_tqdm=False,
+        restore_callback_states_from_checkpoint=True,  # epoch timings and early-stopping patience survive a resume
     )

@@ -50,11 +50,27 @@ def digits(classes=(0, 1, 2, 3, 4), per_class: int | None = None) -> Dataset:
     return digits_dataset(tuple(classes), per_class=per_class, label_format="digit_{}")
 
 
+def saved_digits(folder: Path, per_class: int) -> Path:
+    """A save_to_disk DatasetDict with only a train split (so hf_tl makes the validation split)."""
+    path = folder / "saved"
+    DatasetDict({"train": digits(per_class=per_class)}).save_to_disk(str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> Path:
-    """A save_to_disk DatasetDict with only a train split (so hf_tl makes the validation split)."""
-    path = tmp_path_factory.mktemp("digits") / "saved"
-    DatasetDict({"train": digits(per_class=40)}).save_to_disk(str(path))
+    return saved_digits(tmp_path_factory.mktemp("digits"), per_class=40)
+
+
+@pytest.fixture(scope="session")
+def digits_splits_dir(tmp_path_factory) -> Path:
+    """Digits 0-4 with a train split and a test split of other images (20 of each class in each), save_to_disk."""
+    every = digits(per_class=40)  # 40 of each class, class after class
+    labels = every["label"]
+    first = [i for i, label in enumerate(labels) if i - labels.index(label) < 20]
+    rest = sorted(set(range(len(every))) - set(first))
+    path = tmp_path_factory.mktemp("digits-splits") / "saved"
+    DatasetDict({"train": every.select(first), "test": every.select(rest)}).save_to_disk(str(path))
     return path
 
 

@@ -80,6 +80,10 @@ def test_a_non_editable_install_finds_recipes_and_assets_from_any_directory(tmp_
     counted = run_cli(sys.executable, "-m", "hf_tl.params", "recipe=quickstart", "--json", cwd=elsewhere, **env)
     assert counted.returncode == 0, counted.stderr[-3000:]
     assert json.loads(counted.stdout)["trainable_modules"] == ["vit.layers.3", "vit.layernorm", "classifier"]
+    card = "from hf_tl.resources import model_card_template as t; print(t(), t().is_file())"
+    template = run_cli(sys.executable, "-c", card, cwd=elsewhere, **env)
+    assert template.returncode == 0, template.stderr[-3000:]
+    assert template.stdout.startswith(str(site)) and template.stdout.split()[-1] == "True"  # the card template ships
 
 
 def test_quickstart_assets_rebuild(tmp_path):

@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from conftest import digits
-from datasets import DatasetDict
+from conftest import saved_digits
 from peft import PeftModel
 from torch import nn
 from transformers import AutoModelForImageClassification
 
-from hf_tl.export import ADAPTER_DIR, MODEL_DIR, save_final_model
+from hf_tl.export import save_final_model
 from hf_tl.module_tree import under
 from hf_tl.recipe import load_recipe
+from hf_tl.rundir import ADAPTER_DIR, MODEL_DIR
 from hf_tl.train import build_trainer
 from hf_tl.weight_standardized_lora import load_adapter
 
@@ -110,9 +110,7 @@ def intended(family: Family, strategy: str, model: nn.Module) -> set[str]:
 
 @pytest.fixture(scope="module")
 def small_digits(tmp_path_factory):
-    path = tmp_path_factory.mktemp("small-digits") / "saved"
-    DatasetDict({"train": digits(per_class=6)}).save_to_disk(str(path))
-    return path
+    return saved_digits(tmp_path_factory.mktemp("small-digits"), per_class=6)
 
 
 def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:

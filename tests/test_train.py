@@ -67,7 +67,14 @@ def test_tiny_run_per_strategy(family, kind, tiny_vit, tiny_deit, digits_dir, tm
     recipe = tiny_recipe(source, digits_dir, tmp_path / "run", kind)
     run_dir = run(recipe)
 
-    assert sorted(p.name for p in run_dir.iterdir()) == ["log_history.json", "metrics.json", "model", "recipe.yaml"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "README.md",
+        "log_history.json",
+        "metrics.json",
+        "model",
+        "recipe.yaml",
+        "training_curves.png",
+    ]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["parameters"]["trainable_modules"] == EXPECTED_TRAINABLE[(family, kind)]
     assert (

@@ -1,0 +1,65 @@
+"""`python -m hf_tl.download REPO_ID [--revision R] [--dir D]`: fetch a published checkpoint and say how it was made.
+
+Prints the metrics its model card records (the model-index) and the recipe it was trained
+with (recipe.yaml), then how to evaluate it with `python -m hf_tl.eval`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hf_tl.card import load_card, recorded_results
+from hf_tl.errors import cli
+from hf_tl.hub import download
+from hf_tl.rundir import RECIPE_FILE
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m hf_tl.download",
+        description="Download a checkpoint from the Hub (or the local cache with HF_HUB_OFFLINE=1) and print "
+        "the metrics its card records and the recipe it was trained with.",
+    )
+    p.add_argument("repo_id", help="repository id, user/name")
+    p.add_argument("--revision", help="branch, tag or commit (default: main)")
+    p.add_argument("--dir", type=Path, help="download into this folder instead of the HF cache")
+    return p
+
+
+def describe(path: Path) -> str:
+    """What a downloaded folder says about itself: its card's results and its recipe."""
+    lines = []
+    card = load_card(path)
+    results = recorded_results(card) if card else []
+    if results:
+        lines.append("metrics its card records:")
+        for r in results:
+            where = " / ".join(str(x) for x in (r["dataset"], r["config"], r["split"]) if x)
+            lines.append(f"  {r['metric']:<16} {r['value']:.4f}   ({where})")
+    else:
+        lines.append("its card records no metrics (no README.md with a model-index).")
+    recipe = path / RECIPE_FILE
+    if recipe.is_file():
+        lines.append(f"recipe it was trained with ({RECIPE_FILE}):")
+        lines.extend(f"  {line}" for line in recipe.read_text().splitlines())
+    else:
+        lines.append(f"no {RECIPE_FILE}: not a checkpoint hf_tl pushed.")
+    return "\n".join(lines)
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    path = download(args.repo_id, revision=args.revision, local_dir=args.dir)
+    print(f"downloaded {args.repo_id}{f'@{args.revision}' if args.revision else ''} to {path}")
+    print(describe(path))
+    card = load_card(path)
+    recorded = recorded_results(card) if card else []
+    dataset, split = (recorded[0]["dataset"], recorded[0]["split"]) if recorded else ("DATASET", "test")
+    print(f"evaluate it: python -m hf_tl.eval model={path} dataset={dataset} split={split}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,344 @@
+"""`python -m hf_tl.eval model=<hub id|dir> dataset=<hub id|dir> split=test [key=value ...]`: evaluate any checkpoint.
+
+Any `AutoModelForImageClassification` checkpoint: one hf_tl made (linear or MLP head, LoRA
+merged), a timm-wrapped one, or one hf_tl never saw. The dataset's label names are mapped
+onto the model's `id2label` whatever their order (`labels=by_index` maps by position instead).
+Metrics come from the package's offline evaluate module (hf_tl/metrics.py). Writes eval.json
+and a confusion-matrix PNG; when the model's own card records results on the same dataset
+and split, they are printed beside these, with the difference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, Value
+from omegaconf import MISSING, OmegaConf, errors
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from hf_tl.backbones import load_model, load_processor
+from hf_tl.card import CARD_FILE, HUB_METRICS, is_hub_id, load_card, recorded_results
+from hf_tl.data import collate, detect_columns, make_transform, open_dataset
+from hf_tl.environment import library_versions
+from hf_tl.errors import DataError, RecipeError, cli
+from hf_tl.image_check import drop_or_refuse_bad_images
+from hf_tl.metrics import full_metrics
+from hf_tl.plots import CONFUSION_FILE, confusion_matrix
+from hf_tl.recipe import DataSection, ModelSection, check_options, did_you_mean, option
+from hf_tl.rundir import MODEL_DIR, write_json
+
+EVAL_FILE = "eval.json"
+LABEL_MODES = ("by_name", "by_index")
+
+
+@dataclass
+class EvalArgs:
+    model: str = option(MISSING, "Hub id or local directory of an image-classification checkpoint.")
+    dataset: str = option(MISSING, "Hub id, image-folder directory, or a directory written by save_to_disk.")
+    split: str = option("test", "Split to evaluate on.")
+    config_name: Optional[str] = option(None, "Dataset configuration name on the Hub.")
+    revision: Optional[str] = option(None, "Hub revision (branch, tag or commit) of the model.")
+    labels: str = option("by_name", "Map dataset labels onto the model's id2label by name, or by index.", LABEL_MODES)
+    batch_size: int = option(64, "Images per forward pass.", min=1)
+    output: Optional[str] = option(None, "Folder for eval.json and the PNG; default evals/<model>__<dataset>__<split>.")
+    image_column: Optional[str] = option(None, "Image column; detected from the features when unset.")
+    label_column: Optional[str] = option(None, "Label column; detected from the features when unset.")
+    max_samples: Optional[int] = option(None, "Evaluate only the first N examples of the split.", min=1)
+    interpolation: str = option(
+        "bilinear", "Resize filter to the model's input size.", ("bilinear", "bicubic", "nearest")
+    )
+    num_workers: int = option(0, "Data-loader worker processes.", min=0)
+    device: Optional[str] = option(None, "cpu, cuda, cuda:1, ...; default: the accelerator if there is one.")
+    trust_remote_code: bool = option(False, "Run model code shipped with the checkpoint (hf_tl MLP heads need it).")
+    on_bad_image: str = option(
+        "error", "An image that cannot be decoded: 'error' names it and stops, 'skip' leaves it out.", ("error", "skip")
+    )
+    allow_pickle: bool = option(False, "Load pickle (.bin) weights, which can run code. Only for sources you trust.")
+
+
+def parse_args(argv: list[str]) -> EvalArgs:
+    """`key=value` arguments onto EvalArgs, with errors that name the key, the value and what is allowed."""
+    valid = [f.name for f in dataclasses.fields(EvalArgs)]
+    for arg in argv:
+        key = arg.split("=", 1)[0]
+        if "=" not in arg:
+            raise RecipeError(
+                f"argument '{arg}' is not of the form key=value (e.g. split=test); keys: {', '.join(valid)}"
+            )
+        if key not in valid:
+            raise RecipeError(f"unknown key '{key}'.{did_you_mean(key, valid)}\n  valid keys: {', '.join(valid)}")
+        if "${" in arg:
+            raise RecipeError(f"argument '{arg}': interpolations are not allowed.")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(EvalArgs), OmegaConf.from_dotlist(list(argv)))
+    except errors.ValidationError as e:
+        expected = next(f.type for f in dataclasses.fields(EvalArgs) if f.name == e.full_key)
+        expected = re.sub(r"^(typing\.)?Optional\[(.*)\]$", r"\2", str(expected))
+        raise RecipeError(f"key '{e.full_key}' got {e.value!r}, which is not a valid {expected}.") from None
+    for f in dataclasses.fields(EvalArgs):
+        if OmegaConf.is_missing(merged, f.name):
+            raise RecipeError(f"'{f.name}=' is required: {f.metadata['help']}")
+    args: EvalArgs = OmegaConf.to_object(merged)
+    args.model = resolve_model(args.model)
+    check_options(args, what="key")
+    return args
+
+
+def evaluate(args: EvalArgs) -> dict:
+    """Evaluate `args.model` on `args.dataset`'s split; write eval.json and the confusion matrix; return eval.json."""
+    if args.trust_remote_code:
+        print(
+            f"warning: trust_remote_code=true runs the Python code shipped with {args.model}; "
+            "use it only for checkpoints from sources you trust.",
+            file=sys.stderr,
+        )
+    dataset = _load_split(args)
+    image_column, label_column = detect_columns(dataset, _data_section(args))
+    dataset, skipped = drop_or_refuse_bad_images(dataset, image_column, args.on_bad_image, args.split)
+    model, processor = _load_model(args)
+    model_labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    dataset_labels, name_of = _dataset_labels(dataset, label_column)
+    to_model = map_labels(dataset_labels, model_labels, args.labels)
+    index = {name: to_model[i] for i, name in enumerate(dataset_labels)}
+    transform = make_transform(processor, _data_section(args), False, image_column, label_column)
+
+    def with_model_ids(batch: dict) -> dict:
+        out = transform(batch)
+        out["labels"] = [index[name_of(v)] for v in batch[label_column]]
+        return out
+
+    device = torch.device(args.device) if args.device else _default_device()
+    model = model.to(device).eval()
+    logits, references, seconds = _predict(model, dataset.with_transform(with_model_ids), args, device)
+    metrics = full_metrics(logits, references)
+    metrics["per_class_accuracy"] = dict(zip(model_labels, metrics["per_class_accuracy"], strict=True))
+    output = Path(args.output) if args.output else default_output(args)
+    counts = np.zeros((len(model_labels), len(model_labels)), dtype=np.int64)
+    np.add.at(counts, (references, logits.argmax(axis=1)), 1)
+    split_name = f"{args.dataset}{f' ({args.config_name})' if args.config_name else ''} / {args.split}"
+    confusion_matrix(counts, model_labels, output / CONFUSION_FILE, title=f"{args.model} on {split_name}")
+    result = {
+        "model": args.model,
+        "revision": args.revision,
+        "dataset": args.dataset,
+        "config_name": args.config_name,
+        "split": args.split,
+        "num_examples": len(references),
+        "skipped_images": skipped,
+        "labels": args.labels,
+        "label_mapping": {name: model_labels[index[name]] for name in dataset_labels},
+        "metrics": metrics,
+        "confusion_matrix": counts.tolist(),
+        "throughput": {
+            "images_per_second": round(len(references) / seconds, 2) if seconds > 0 else None,
+            "seconds": round(seconds, 3),
+            "batch_size": args.batch_size,
+            "device": str(device),
+        },
+        "card": compare_with_card(args, metrics),
+        "versions": library_versions(),
+    }
+    write_json(output / EVAL_FILE, result)
+    _report(result, output)
+    return result
+
+
+def map_labels(dataset_labels: list[str], model_labels: list[str], how: str) -> list[int]:
+    """For each dataset class, the model's class id: by name (any order), or by position."""
+    if how == "by_index":
+        if len(dataset_labels) != len(model_labels):
+            raise DataError(
+                f"labels=by_index needs as many classes on both sides: the dataset has {len(dataset_labels)}, "
+                f"the model {len(model_labels)}."
+            )
+        return list(range(len(dataset_labels)))
+    duplicated = sorted({name for name in model_labels if model_labels.count(name) > 1})
+    if duplicated:
+        raise DataError(f"the model's id2label repeats {duplicated[:10]}; map by position with labels=by_index.")
+    position = {name: i for i, name in enumerate(model_labels)}
+    only_data = [name for name in dataset_labels if name not in position]
+    only_model = [name for name in model_labels if name not in set(dataset_labels)]
+    if only_data or only_model:
+        raise DataError(
+            "the dataset's labels and the model's id2label differ:\n"
+            f"  in the dataset, not the model: {_some(only_data)}\n"
+            f"  in the model, not the dataset: {_some(only_model)}\n"
+            "  If they are the same classes under other names, in the same order, pass labels=by_index."
+        )
+    return [position[name] for name in dataset_labels]
+
+
+def compare_with_card(args: EvalArgs, metrics: dict) -> dict | None:
+    """The results the model's card records on this dataset and split, beside this evaluation's."""
+    card = _model_card(args)
+    if card is None:
+        return None
+    recorded = recorded_results(card)
+    same = [
+        r
+        for r in recorded
+        if _same_dataset(r["dataset"], args.dataset)
+        and r["split"] == args.split
+        and (r["config"] or None) == (args.config_name or None)
+    ]
+    if not same:
+        elsewhere = sorted({f"{r['dataset']} / {r['split']}" for r in recorded})
+        return {"compared": {}, "card_records_other": elsewhere} if elsewhere else None
+    compared = {}
+    for r in same:
+        if r["metric"] in metrics and isinstance(r["value"], (int, float)):
+            compared[r["metric"]] = {
+                "card": r["value"],
+                "eval": metrics[r["metric"]],
+                "difference": metrics[r["metric"]] - r["value"],
+            }
+    return {"compared": compared}
+
+
+def default_output(args: EvalArgs) -> Path:
+    return Path("evals") / f"{_slug(args.model)}__{_slug(args.dataset)}__{_slug(args.split)}"
+
+
+def _load_split(args: EvalArgs) -> Dataset:
+    splits = open_dataset(_data_section(args))
+    if args.split not in splits:
+        raise DataError(f"split='{args.split}' is not a split of '{args.dataset}'. Splits: {', '.join(splits)}")
+    dataset = splits[args.split]
+    if args.max_samples:
+        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    if len(dataset) == 0:
+        raise DataError(f"the split '{args.split}' of '{args.dataset}' is empty.")
+    return dataset
+
+
+def _data_section(args: EvalArgs) -> DataSection:
+    return DataSection(
+        dataset=args.dataset,
+        config_name=args.config_name,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        interpolation=args.interpolation,
+        hflip=False,
+    )
+
+
+def resolve_model(model: str) -> str:
+    """A run folder stands for its model/ (the checkpoint inside it); anything else is passed on as given."""
+    path = Path(model).expanduser()
+    if path.is_dir() and not (path / "config.json").exists() and (path / MODEL_DIR / "config.json").exists():
+        return str(path / MODEL_DIR)
+    return model
+
+
+def _load_model(args: EvalArgs):
+    """The same loader training uses: safetensors only unless allow_pickle, clear errors offline."""
+    source = ModelSection(
+        name=args.model,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
+    )
+    return load_model(source), load_processor(source)
+
+
+def _dataset_labels(dataset: Dataset, column: str):
+    """The dataset's class names, and a function from a stored label value to its name."""
+    feature = dataset.features[column]
+    if isinstance(feature, (ClassLabel, Value)) and feature.dtype != "string" and -1 in dataset.unique(column):
+        raise DataError(
+            f"column '{column}' has unlabelled rows (label -1), as many Hub test splits do; "
+            "evaluate on a labelled split (split=validation, or split=train with max_samples=...)."
+        )
+    if isinstance(feature, ClassLabel):
+        return list(feature.names), feature.int2str
+    values = sorted(set(dataset.unique(column)))  # integers in numeric order, as training encodes them
+    return [str(v) for v in values], str
+
+
+def _predict(model, dataset: Dataset, args: EvalArgs, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
+    loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate, num_workers=args.num_workers)
+    logits, references = [], []
+    started = time.perf_counter()
+    with torch.inference_mode(), tqdm(total=len(dataset), unit="img", desc="evaluating", file=sys.stderr) as bar:
+        for batch in loader:
+            out = model(pixel_values=batch["pixel_values"].to(device))
+            logits.append(out.logits.float().cpu().numpy())
+            references.append(batch["labels"].numpy())
+            bar.update(len(batch["labels"]))
+            bar.set_postfix(img_s=f"{bar.n / (time.perf_counter() - started):.1f}")
+    seconds = time.perf_counter() - started
+    return np.concatenate(logits), np.concatenate(references), seconds
+
+
+def _model_card(args: EvalArgs):
+    path = Path(args.model).expanduser()
+    if path.is_dir():  # a downloaded repository holds its card; a run folder's model/ has it one level up
+        return load_card(path) or (load_card(path.parent) if path.name == MODEL_DIR else None)
+    if not is_hub_id(args.model):
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return load_card(Path(hf_hub_download(args.model, CARD_FILE, revision=args.revision)))
+    except Exception:  # no card, no network and no cache: nothing to compare with
+        return None
+
+
+def _same_dataset(recorded: str | None, given: str) -> bool:
+    if recorded == given:
+        return True
+    if recorded and Path(recorded).expanduser().exists() and Path(given).expanduser().exists():
+        return Path(recorded).expanduser().resolve() == Path(given).expanduser().resolve()
+    return False
+
+
+def _default_device() -> torch.device:
+    return torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
+
+
+def _report(result: dict, output: Path) -> None:
+    metrics, throughput = result["metrics"], result["throughput"]
+    print(f"hf_tl: {result['model']} on {result['dataset']} / {result['split']} ({result['num_examples']} images)")
+    for key in HUB_METRICS:  # the metrics a card records
+        if key in metrics:
+            print(f"  {key:<16} {metrics[key]:.4f}")
+    print(f"  {throughput['images_per_second']} images/s on {throughput['device']} ({throughput['seconds']:.2f} s)")
+    card = result["card"]
+    if card and card["compared"]:
+        print("  beside its model card:")
+        print(f"    {'metric':<16} {'card':>8} {'this eval':>10} {'difference':>11}")
+        for key, row in card["compared"].items():
+            print(f"    {key:<16} {row['card']:>8.4f} {row['eval']:>10.4f} {row['difference']:>+11.4f}")
+    elif card:
+        print(f"  its card records results on {', '.join(card['card_records_other'])}, not on this split.")
+    print(f"  wrote {output / EVAL_FILE} and {output / CONFUSION_FILE}")
+
+
+def _slug(text: str) -> str:
+    path = Path(text).expanduser()
+    if path.exists():
+        parts = path.resolve().parts[-2:]
+        text = "-".join(parts)
+    return re.sub(r"[^\w.-]+", "-", text.replace("/", "--")).strip("-") or "x"
+
+
+def _some(names: list[str]) -> str:
+    return (str(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")) if names else "none"
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    evaluate(parse_args(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()

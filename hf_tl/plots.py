@@ -1,0 +1,96 @@
+"""The PNGs hf_tl writes: a run's training curves and an evaluation's confusion matrix.
+
+matplotlib runs on its Agg backend (no display needed), and each figure is written through a
+temporary file and a rename, so a crash never leaves half a PNG where a good one was.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+CURVES_FILE = "training_curves.png"
+CONFUSION_FILE = "confusion_matrix.png"
+ANNOTATE_UP_TO = 20  # classes; beyond this the counts would not fit in their cells
+
+
+def training_curves(log_history: list[dict], path: Path, title: str = "") -> Path:
+    """Loss (training and validation) and validation accuracy per epoch, from the Trainer's log history."""
+    train = [(h["epoch"], h["loss"]) for h in log_history if "loss" in h and "epoch" in h]
+    evals = [h for h in log_history if "eval_accuracy" in h and "epoch" in h]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    if train:
+        loss_ax.plot(*zip(*train, strict=True), marker=".", label="training loss", alpha=0.8)
+    if evals:
+        epochs = [h["epoch"] for h in evals]
+        loss_ax.plot(epochs, [h.get("eval_loss") for h in evals], marker="o", label="validation loss")
+        acc_ax.plot(epochs, [h["eval_accuracy"] for h in evals], marker="o", label="validation accuracy")
+        if "eval_top5_accuracy" in evals[0]:
+            acc_ax.plot(epochs, [h.get("eval_top5_accuracy") for h in evals], marker="s", label="validation top-5")
+        acc_ax.set_ylim(0, 1.02)
+    for ax, ylabel in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "nothing logged", ha="center", va="center", transform=ax.transAxes)
+    if title:
+        fig.suptitle(plain(title))
+    return save_figure(fig, path)
+
+
+def confusion_matrix(counts: np.ndarray, labels: Sequence[str], path: Path, title: str = "") -> Path:
+    """Rows are the true classes, columns the predicted ones; each cell holds an image count."""
+    n = len(labels)
+    side = min(max(5.0, 0.45 * n + 2.5), 40.0)
+    fig, ax = plt.subplots(figsize=(side, side), layout="constrained")
+    image = ax.imshow(counts, cmap="Blues")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="images")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    names = [plain(label) for label in labels]
+    ax.set_xticks(range(n), labels=names, rotation=90 if n > 5 else 0)
+    ax.set_yticks(range(n), labels=names)
+    if n <= ANNOTATE_UP_TO:
+        threshold = counts.max() / 2 if counts.size else 0
+        for (row, col), value in np.ndenumerate(counts):
+            color = "white" if value > threshold else "black"
+            ax.text(col, row, str(value), ha="center", va="center", color=color, fontsize=8)
+    if title:
+        fig.suptitle(plain(title), fontsize=9, wrap=True)
+    return save_figure(fig, path)
+
+
+def plain(text: object) -> str:
+    """Text drawn as written: a '$' in a label or dataset name would otherwise start matplotlib's math mode."""
+    return str(text).replace("$", r"\$")
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write a PNG through a temporary file in the same folder, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100, format="png")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return path
