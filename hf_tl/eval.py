@@ -33,7 +33,7 @@ from hf_tl.errors import DataError, RecipeError, cli
 from hf_tl.image_check import drop_or_refuse_bad_images
 from hf_tl.metrics import full_metrics
 from hf_tl.plots import CONFUSION_FILE, confusion_matrix
-from hf_tl.recipe import DataSection, ModelSection, check_options, did_you_mean, option
+from hf_tl.recipe import DataSection, ModelSection, check_options, did_you_mean, option, same_option, type_name
 from hf_tl.rundir import MODEL_DIR, write_json
 
 EVAL_FILE = "eval.json"
@@ -43,26 +43,22 @@ LABEL_MODES = ("by_name", "by_index")
 @dataclass
 class EvalArgs:
     model: str = option(MISSING, "Hub id or local directory of an image-classification checkpoint.")
-    dataset: str = option(MISSING, "Hub id, image-folder directory, or a directory written by save_to_disk.")
+    dataset: str = same_option(DataSection, "dataset")
     split: str = option("test", "Split to evaluate on.")
-    config_name: Optional[str] = option(None, "Dataset configuration name on the Hub.")
+    config_name: Optional[str] = same_option(DataSection, "config_name")
     revision: Optional[str] = option(None, "Hub revision (branch, tag or commit) of the model.")
     labels: str = option("by_name", "Map dataset labels onto the model's id2label by name, or by index.", LABEL_MODES)
     batch_size: int = option(64, "Images per forward pass.", min=1)
     output: Optional[str] = option(None, "Folder for eval.json and the PNG; default evals/<model>__<dataset>__<split>.")
-    image_column: Optional[str] = option(None, "Image column; detected from the features when unset.")
-    label_column: Optional[str] = option(None, "Label column; detected from the features when unset.")
+    image_column: Optional[str] = same_option(DataSection, "image_column")
+    label_column: Optional[str] = same_option(DataSection, "label_column")
     max_samples: Optional[int] = option(None, "Evaluate only the first N examples of the split.", min=1)
-    interpolation: str = option(
-        "bilinear", "Resize filter to the model's input size.", ("bilinear", "bicubic", "nearest")
-    )
-    num_workers: int = option(0, "Data-loader worker processes.", min=0)
+    interpolation: str = same_option(DataSection, "interpolation")
+    num_workers: int = same_option(DataSection, "num_workers")
     device: Optional[str] = option(None, "cpu, cuda, cuda:1, ...; default: the accelerator if there is one.")
     trust_remote_code: bool = option(False, "Run model code shipped with the checkpoint (hf_tl MLP heads need it).")
-    on_bad_image: str = option(
-        "error", "An image that cannot be decoded: 'error' names it and stops, 'skip' leaves it out.", ("error", "skip")
-    )
-    allow_pickle: bool = option(False, "Load pickle (.bin) weights, which can run code. Only for sources you trust.")
+    on_bad_image: str = same_option(DataSection, "on_bad_image")
+    allow_pickle: bool = same_option(ModelSection, "allow_pickle")
 
 
 def parse_args(argv: list[str]) -> EvalArgs:
@@ -81,8 +77,7 @@ def parse_args(argv: list[str]) -> EvalArgs:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(EvalArgs), OmegaConf.from_dotlist(list(argv)))
     except errors.ValidationError as e:
-        expected = next(f.type for f in dataclasses.fields(EvalArgs) if f.name == e.full_key)
-        expected = re.sub(r"^(typing\.)?Optional\[(.*)\]$", r"\2", str(expected))
+        expected = type_name(next(f.type for f in dataclasses.fields(EvalArgs) if f.name == e.full_key))
         raise RecipeError(f"key '{e.full_key}' got {e.value!r}, which is not a valid {expected}.") from None
     for f in dataclasses.fields(EvalArgs):
         if OmegaConf.is_missing(merged, f.name):

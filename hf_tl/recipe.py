@@ -327,10 +327,22 @@ def _unknown_key_message(full_key: str) -> str:
     return f"unknown recipe key '{full_key}'.{did_you_mean(bad, valid)}\n  valid keys{where}: {', '.join(valid)}"
 
 
+def type_name(annotation: Any) -> str:
+    """A field's type as a user reads it: `Optional[int]` is `int`."""
+    return re.sub(r"^(typing\.)?Optional\[(.*)\]$", r"\2", str(annotation))
+
+
+def same_option(section: type, name: str, default: Any = dataclasses.MISSING) -> Any:
+    """An `option` with the help, choices and minimum of a recipe section's field, for another command's args."""
+    source = next(f for f in dataclasses.fields(section) if f.name == name)
+    value = source.default if default is dataclasses.MISSING else default
+    return option(value, source.metadata["help"], source.metadata["choices"], source.metadata["min"])
+
+
 def _bad_type_message(full_key: str, value: Any) -> str:
     section, _, key = str(full_key).partition(".")
     types = {f.name: f.type for f in dataclasses.fields(SECTIONS[section])} if section in SECTIONS else {}
-    expected = re.sub(r"^(typing\.)?Optional\[(.*)\]$", r"\2", str(types.get(key, "mapping of keys")))
+    expected = type_name(types.get(key, "mapping of keys"))
     if key in types and "Optional" in str(types[key]):
         expected += " (or null)"
     return f"recipe key '{full_key}' got {value!r}, which is not a valid {expected}."
