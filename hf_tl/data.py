@@ -142,11 +142,15 @@ def input_size(processor: Any) -> tuple[int, int]:
     raise DataError(f"cannot tell the input size from the image processor's size {size}.")
 
 
-def normalisation(processor: Any) -> tuple[list[float], list[float]]:
-    """Mean and std the model was trained with."""
+def normalisation(processor: Any, cfg: DataSection | None = None) -> tuple[list[float], list[float]]:
+    """Mean and std the model was trained with, unless the recipe sets its own (data.image_mean/std)."""
     if hasattr(processor, "data_config"):
-        return list(processor.data_config["mean"]), list(processor.data_config["std"])
-    return list(processor.image_mean), list(processor.image_std)
+        mean, std = list(processor.data_config["mean"]), list(processor.data_config["std"])
+    else:
+        mean, std = list(processor.image_mean), list(processor.image_std)
+    if cfg is not None:
+        mean, std = list(cfg.image_mean or mean), list(cfg.image_std or std)
+    return mean, std
 
 
 def make_transform(processor: Any, cfg: DataSection, train: bool, image_column: str, label_column: str):
@@ -155,8 +159,8 @@ def make_transform(processor: Any, cfg: DataSection, train: bool, image_column: 
     if train and cfg.hflip:
         steps.append(T.RandomHorizontalFlip())
     steps.append(T.ToDtype(torch.float32, scale=True))
-    if getattr(processor, "do_normalize", True):
-        steps.append(T.Normalize(*normalisation(processor)))
+    if getattr(processor, "do_normalize", True) or cfg.image_mean or cfg.image_std:
+        steps.append(T.Normalize(*normalisation(processor, cfg)))
     pipeline = T.Compose(steps)
 
     def transform(batch: dict) -> dict:

@@ -90,6 +90,10 @@ class DataSection:
         "bilinear", "Resize to the model's input size with this filter.", ("bilinear", "bicubic", "nearest")
     )
     hflip: bool = option(True, "Random horizontal flip while training.")
+    image_mean: Optional[list[float]] = option(
+        None, "Normalisation mean per channel, e.g. [0.5, 0.5, 0.5]; default the model's (its image processor's)."
+    )
+    image_std: Optional[list[float]] = option(None, "Normalisation std per channel; default the model's.")
     num_workers: int = option(0, "Data-loader worker processes.", min=0)
     on_bad_image: str = option(
         "error", "An image that cannot be decoded: 'error' names it and stops, 'skip' leaves it out.", ("error", "skip")
@@ -306,6 +310,11 @@ def _check_values(recipe: Recipe) -> None:
     ):
         if value >= 1:
             raise RecipeError(f"recipe key '{key}' got {value}; it must be below 1.")
+    for key in ("image_mean", "image_std"):
+        values = getattr(recipe.data, key)
+        if values is not None and (len(values) != 3 or (key == "image_std" and min(values) <= 0)):
+            rule = "three positive numbers" if key == "image_std" else "three numbers"
+            raise RecipeError(f"recipe key 'data.{key}' got {values}; it must be {rule}, one per RGB channel.")
     if recipe.hub.push and not recipe.hub.repo_id:
         raise RecipeError("hub.push=true needs hub.repo_id=user/name.")
 

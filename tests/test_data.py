@@ -524,3 +524,11 @@ def test_collate_stacks_a_batch(small):
     assert batch["labels"].shape == (4,)
     assert batch["labels"].dtype == torch.int64
     assert batch["labels"].tolist() == [small[i]["label"] for i in (0, 11, 22, 33)] == [0, 1, 2, 3]
+
+
+def test_recipe_normalisation_overrides_the_processors():
+    white = PILImage.new("RGB", (4, 4), (255, 255, 255))
+    half = dict(image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    transform = make_transform(PROCESSORS["imagenet"], cfg("x", **half), False, "image", "label")
+    out = apply(transform, white)
+    assert torch.allclose(out, torch.ones_like(out))  # (1 - 0.5) / 0.5

@@ -302,6 +302,14 @@ def test_precision_outside_choices_lists_them():
             "data.val_fraction=0",
             "recipe key 'data.val_fraction' got 0.0; it must lie strictly between 0 and 1.",
         ),
+        (
+            "data.image_mean=[0.5,0.5]",
+            "recipe key 'data.image_mean' got [0.5, 0.5]; it must be three numbers, one per RGB channel.",
+        ),
+        (
+            "data.image_std=[0.5,0,0.5]",
+            "recipe key 'data.image_std' got [0.5, 0.0, 0.5]; it must be three positive numbers, one per RGB channel.",
+        ),
     ],
 )
 def test_value_below_minimum(override, expected):
