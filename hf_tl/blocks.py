@@ -116,6 +116,13 @@ def layout(model: nn.Module) -> Layout:
     return Layout(family, units, blocks, norm, heads, _lora_targets(modules, units, heads))
 
 
+def convolutional(model: nn.Module) -> bool:
+    """Whether the blocks are convolutions (a CNN), not attention over patch tokens."""
+    modules = dict(model.named_modules())
+    names = [name for unit in layout(model).units for name in unit]
+    return any(isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1) for n in names for m in modules[n].modules())
+
+
 def _find_units(candidates: tuple[str, ...], modules: dict[str, nn.Module], family: str) -> list[Unit]:
     for path in candidates:
         parts = [_expand(p, modules) for p in path.split("+")]

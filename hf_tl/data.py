@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,18 +10,12 @@ from typing import Any
 
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2 as T
 
+from hf_tl.environment import no_accelerator
 from hf_tl.errors import DataError
 from hf_tl.image_check import drop_or_refuse_bad_images
+from hf_tl.preprocess import Preprocess, draw_flips, to_uint8
 from hf_tl.recipe import DataSection
-
-INTERPOLATIONS = {
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-    "nearest": InterpolationMode.NEAREST,
-}
 
 
 @dataclass
@@ -113,19 +108,33 @@ def _open_local(path: Path, config_name: str | None) -> DatasetDict:
 def detect_columns(dataset: Dataset, cfg: DataSection) -> tuple[str, str]:
     """The Image and ClassLabel columns, unless the recipe names them."""
     features = dataset.features
-    image = cfg.image_column or next((c for c, f in features.items() if isinstance(f, Image)), None)
     label = cfg.label_column or next((c for c, f in features.items() if isinstance(f, ClassLabel)), None)
-    columns = ", ".join(f"{c} ({type(f).__name__})" for c, f in features.items())
-    for key, column, kind in (("data.image_column", image, "an Image"), ("data.label_column", label, "a ClassLabel")):
-        if column is None:
-            raise DataError(f"no column of {kind} type found; set {key}=NAME. Columns: {columns}")
-        if column not in features:
-            raise DataError(f"{key}='{column}' is not a column of this dataset. Columns: {columns}")
+    if label is None:
+        raise DataError(
+            f"no column of a ClassLabel type found; set data.label_column=NAME. Columns: {_columns(dataset)}"
+        )
+    if label not in features:
+        raise DataError(f"data.label_column='{label}' is not a column of this dataset. Columns: {_columns(dataset)}")
+    return detect_image_column(dataset, cfg.image_column), label
+
+
+def detect_image_column(dataset: Dataset, name: str | None, key: str = "data.image_column") -> str:
+    """The first Image column, or the one named, checked to hold images."""
+    features = dataset.features
+    image = name or next((c for c, f in features.items() if isinstance(f, Image)), None)
+    if image is None:
+        raise DataError(f"no column of an Image type found; set {key}=NAME. Columns: {_columns(dataset)}")
+    if image not in features:
+        raise DataError(f"{key}='{image}' is not a column of this dataset. Columns: {_columns(dataset)}")
     if not isinstance(features[image], Image):
         raise DataError(
-            f"data.image_column='{image}' holds {type(features[image]).__name__}, not images. Columns: {columns}"
+            f"{key}='{image}' holds {type(features[image]).__name__}, not images. Columns: {_columns(dataset)}"
         )
-    return image, label
+    return image
+
+
+def _columns(dataset: Dataset) -> str:
+    return ", ".join(f"{c} ({type(f).__name__})" for c, f in dataset.features.items())
 
 
 def input_size(processor: Any) -> tuple[int, int]:
@@ -153,23 +162,49 @@ def normalisation(processor: Any, cfg: DataSection | None = None) -> tuple[list[
     return mean, std
 
 
-def make_transform(processor: Any, cfg: DataSection, train: bool, image_column: str, label_column: str):
-    """A batched `with_transform` function: RGB, resize to the model's size, flip (train), normalise."""
-    steps = [T.ToImage(), T.Resize(input_size(processor), INTERPOLATIONS[cfg.interpolation], antialias=True)]
-    if train and cfg.hflip:
-        steps.append(T.RandomHorizontalFlip())
-    steps.append(T.ToDtype(torch.float32, scale=True))
-    if getattr(processor, "do_normalize", True) or cfg.image_mean or cfg.image_std:
-        steps.append(T.Normalize(*normalisation(processor, cfg)))
-    pipeline = T.Compose(steps)
+def preprocess_for(processor: Any, cfg: DataSection, channels_last: bool = False) -> Preprocess:
+    """The batched preprocessing a model expects: its input size and normalisation, the recipe's filter."""
+    mean, std = normalisation(processor, cfg)
+    normalize = bool(getattr(processor, "do_normalize", True) or cfg.image_mean or cfg.image_std)
+    return Preprocess(input_size(processor), cfg.interpolation, tuple(mean), tuple(std), normalize, channels_last)
+
+
+def image_transform(image_column: str, label_column: str):
+    """A batched `with_transform` function: uint8 RGB tensors at native size, for `Preprocess` on the device."""
 
     def transform(batch: dict) -> dict:
-        return {
-            "pixel_values": [pipeline(img.convert("RGB")) for img in batch[image_column]],
-            "labels": batch[label_column],
-        }
+        return {"images": [to_uint8(img) for img in batch[image_column]], "labels": batch[label_column]}
 
     return transform
+
+
+def collate_images(examples: list[dict]) -> dict[str, Any]:
+    """uint8 images stacked when they share a size (the usual case), else kept as a list."""
+    images = [e["images"] for e in examples]
+    same_size = all(image.shape == images[0].shape for image in images)
+    return {
+        "images": torch.stack(images) if same_size else images,
+        "labels": torch.tensor([e["labels"] for e in examples]),
+    }
+
+
+def make_transform(processor: Any, cfg: DataSection, train: bool, image_column: str, label_column: str):
+    """Per-image float pixel values, for code outside the Trainer: the same `Preprocess`, one image at a time."""
+    preprocess = preprocess_for(processor, cfg)
+    flip = train and cfg.hflip
+
+    def transform(batch: dict) -> dict:
+        pixels = [preprocess(to_uint8(img)[None], draw_flips(1) if flip else None)[0] for img in batch[image_column]]
+        return {"pixel_values": pixels, "labels": batch[label_column]}
+
+    return transform
+
+
+def loader_workers(requested: int | None) -> int:
+    """Loader processes only decode images. A CPU run needs its cores for training; a GPU run hides decoding."""
+    if requested is not None:
+        return requested
+    return 0 if no_accelerator() else min(8, (os.cpu_count() or 2) // 2)
 
 
 def collate(examples: list[dict]) -> dict[str, torch.Tensor]:

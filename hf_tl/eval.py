@@ -10,8 +10,6 @@ and split, they are printed beside these, with the difference.
 
 from __future__ import annotations
 
-import dataclasses
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -21,19 +19,21 @@ from typing import Optional
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, Value
-from omegaconf import MISSING, OmegaConf, errors
+from omegaconf import MISSING
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from hf_tl.backbones import load_model, load_processor
 from hf_tl.card import CARD_FILE, HUB_METRICS, is_hub_id, load_card, recorded_results
-from hf_tl.data import collate, detect_columns, make_transform, open_dataset
+from hf_tl.command_line import default_device, parse_key_values, resolve_model, slug
+from hf_tl.data import collate_images, detect_columns, image_transform, loader_workers, open_dataset, preprocess_for
 from hf_tl.environment import library_versions
-from hf_tl.errors import DataError, RecipeError, cli
+from hf_tl.errors import DataError, cli
 from hf_tl.image_check import drop_or_refuse_bad_images
 from hf_tl.metrics import full_metrics
 from hf_tl.plots import CONFUSION_FILE, confusion_matrix
-from hf_tl.recipe import DataSection, ModelSection, check_options, did_you_mean, option, same_option, type_name
+from hf_tl.preprocess import Preprocess
+from hf_tl.recipe import DataSection, ModelSection, option, same_option
 from hf_tl.rundir import MODEL_DIR, write_json
 
 EVAL_FILE = "eval.json"
@@ -54,7 +54,7 @@ class EvalArgs:
     label_column: Optional[str] = same_option(DataSection, "label_column")
     max_samples: Optional[int] = option(None, "Evaluate only the first N examples of the split.", min=1)
     interpolation: str = same_option(DataSection, "interpolation")
-    num_workers: int = same_option(DataSection, "num_workers")
+    num_workers: Optional[int] = same_option(DataSection, "num_workers")
     device: Optional[str] = option(None, "cpu, cuda, cuda:1, ...; default: the accelerator if there is one.")
     trust_remote_code: bool = option(False, "Run model code shipped with the checkpoint (hf_tl MLP heads need it).")
     on_bad_image: str = same_option(DataSection, "on_bad_image")
@@ -62,29 +62,9 @@ class EvalArgs:
 
 
 def parse_args(argv: list[str]) -> EvalArgs:
-    """`key=value` arguments onto EvalArgs, with errors that name the key, the value and what is allowed."""
-    valid = [f.name for f in dataclasses.fields(EvalArgs)]
-    for arg in argv:
-        key = arg.split("=", 1)[0]
-        if "=" not in arg:
-            raise RecipeError(
-                f"argument '{arg}' is not of the form key=value (e.g. split=test); keys: {', '.join(valid)}"
-            )
-        if key not in valid:
-            raise RecipeError(f"unknown key '{key}'.{did_you_mean(key, valid)}\n  valid keys: {', '.join(valid)}")
-        if "${" in arg:
-            raise RecipeError(f"argument '{arg}': interpolations are not allowed.")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(EvalArgs), OmegaConf.from_dotlist(list(argv)))
-    except errors.ValidationError as e:
-        expected = type_name(next(f.type for f in dataclasses.fields(EvalArgs) if f.name == e.full_key))
-        raise RecipeError(f"key '{e.full_key}' got {e.value!r}, which is not a valid {expected}.") from None
-    for f in dataclasses.fields(EvalArgs):
-        if OmegaConf.is_missing(merged, f.name):
-            raise RecipeError(f"'{f.name}=' is required: {f.metadata['help']}")
-    args: EvalArgs = OmegaConf.to_object(merged)
+    """`key=value` arguments onto EvalArgs; a run folder stands for its model/."""
+    args: EvalArgs = parse_key_values(EvalArgs, argv)
     args.model = resolve_model(args.model)
-    check_options(args, what="key")
     return args
 
 
@@ -104,16 +84,17 @@ def evaluate(args: EvalArgs) -> dict:
     dataset_labels, name_of = _dataset_labels(dataset, label_column)
     to_model = map_labels(dataset_labels, model_labels, args.labels)
     index = {name: to_model[i] for i, name in enumerate(dataset_labels)}
-    transform = make_transform(processor, _data_section(args), False, image_column, label_column)
+    transform = image_transform(image_column, label_column)  # uint8 at native size, resized on the device
 
     def with_model_ids(batch: dict) -> dict:
         out = transform(batch)
         out["labels"] = [index[name_of(v)] for v in batch[label_column]]
         return out
 
-    device = torch.device(args.device) if args.device else _default_device()
+    device = torch.device(args.device) if args.device else default_device()
     model = model.to(device).eval()
-    logits, references, seconds = _predict(model, dataset.with_transform(with_model_ids), args, device)
+    preprocess = preprocess_for(processor, _data_section(args))
+    logits, references, seconds = _predict(model, dataset.with_transform(with_model_ids), preprocess, args, device)
     metrics = full_metrics(logits, references)
     metrics["per_class_accuracy"] = dict(zip(model_labels, metrics["per_class_accuracy"], strict=True))
     output = Path(args.output) if args.output else default_output(args)
@@ -200,7 +181,7 @@ def compare_with_card(args: EvalArgs, metrics: dict) -> dict | None:
 
 
 def default_output(args: EvalArgs) -> Path:
-    return Path("evals") / f"{_slug(args.model)}__{_slug(args.dataset)}__{_slug(args.split)}"
+    return Path("evals") / f"{slug(args.model)}__{slug(args.dataset)}__{slug(args.split)}"
 
 
 def _load_split(args: EvalArgs) -> Dataset:
@@ -224,14 +205,6 @@ def _data_section(args: EvalArgs) -> DataSection:
         interpolation=args.interpolation,
         hflip=False,
     )
-
-
-def resolve_model(model: str) -> str:
-    """A run folder stands for its model/ (the checkpoint inside it); anything else is passed on as given."""
-    path = Path(model).expanduser()
-    if path.is_dir() and not (path / "config.json").exists() and (path / MODEL_DIR / "config.json").exists():
-        return str(path / MODEL_DIR)
-    return model
 
 
 def _load_model(args: EvalArgs):
@@ -259,13 +232,18 @@ def _dataset_labels(dataset: Dataset, column: str):
     return [str(v) for v in values], str
 
 
-def _predict(model, dataset: Dataset, args: EvalArgs, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
-    loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate, num_workers=args.num_workers)
+def _predict(
+    model, dataset: Dataset, preprocess: Preprocess, args: EvalArgs, device: torch.device
+) -> tuple[np.ndarray, np.ndarray, float]:
+    workers = loader_workers(args.num_workers)
+    loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate_images, num_workers=workers)
     logits, references = [], []
     started = time.perf_counter()
     with torch.inference_mode(), tqdm(total=len(dataset), unit="img", desc="evaluating", file=sys.stderr) as bar:
         for batch in loader:
-            out = model(pixel_values=batch["pixel_values"].to(device))
+            images = batch["images"]
+            images = images.to(device) if isinstance(images, torch.Tensor) else [i.to(device) for i in images]
+            out = model(pixel_values=preprocess(images))
             logits.append(out.logits.float().cpu().numpy())
             references.append(batch["labels"].numpy())
             bar.update(len(batch["labels"]))
@@ -296,10 +274,6 @@ def _same_dataset(recorded: str | None, given: str) -> bool:
     return False
 
 
-def _default_device() -> torch.device:
-    return torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
-
-
 def _report(result: dict, output: Path) -> None:
     metrics, throughput = result["metrics"], result["throughput"]
     print(f"hf_tl: {result['model']} on {result['dataset']} / {result['split']} ({result['num_examples']} images)")
@@ -316,14 +290,6 @@ def _report(result: dict, output: Path) -> None:
     elif card:
         print(f"  its card records results on {', '.join(card['card_records_other'])}, not on this split.")
     print(f"  wrote {output / EVAL_FILE} and {output / CONFUSION_FILE}")
-
-
-def _slug(text: str) -> str:
-    path = Path(text).expanduser()
-    if path.exists():
-        parts = path.resolve().parts[-2:]
-        text = "-".join(parts)
-    return re.sub(r"[^\w.-]+", "-", text.replace("/", "--")).strip("-") or "x"
 
 
 def _some(names: list[str]) -> str:

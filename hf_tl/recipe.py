@@ -32,6 +32,7 @@ SCHEDULERS = (
     "cosine_with_min_lr",
 )
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "adafactor")
+SWITCHES = ("auto", "true", "false")
 STRATEGIES = ("full", "linear_probe", "last_block", "last_k", "lora", "bitfit", "custom")
 
 
@@ -94,7 +95,12 @@ class DataSection:
         None, "Normalisation mean per channel, e.g. [0.5, 0.5, 0.5]; default the model's (its image processor's)."
     )
     image_std: Optional[list[float]] = option(None, "Normalisation std per channel; default the model's.")
-    num_workers: int = option(0, "Data-loader worker processes.", min=0)
+    num_workers: Optional[int] = option(
+        None,
+        "Data-loader worker processes (they only decode images). Default: none on a CPU, which is busy "
+        "training; with an accelerator, half the CPU cores up to 8.",
+        min=0,
+    )
     on_bad_image: str = option(
         "error", "An image that cannot be decoded: 'error' names it and stops, 'skip' leaves it out.", ("error", "skip")
     )
@@ -112,13 +118,32 @@ class TrainingSection:
     warmup_ratio: float = option(0.0, "Share of steps spent warming up (below 1).", min=0.0)
     scheduler: str = option("linear", "Learning-rate schedule (transformers' names).", SCHEDULERS)
     scheduler_kwargs: dict[str, Any] = option({}, "Extra scheduler arguments, e.g. {factor: 0.6, min_lr: 1e-7}.")
-    optimizer: str = option("adamw_torch", "Optimizer (transformers' names).", OPTIMIZERS)
+    optimizer: str = option(
+        "adamw_torch_fused", "Optimizer (transformers' names); fused AdamW is the fastest.", OPTIMIZERS
+    )
     precision: str = option("fp32", "Mixed precision.", ("fp32", "bf16", "fp16"))
     seed: int = option(42, "Seed for initialisation, data split and order.")
     early_stopping_patience: Optional[int] = option(
         None, "Stop after this many evaluations without improvement.", min=1
     )
     logging_steps: int = option(10, "Log the loss every this many steps.", min=1)
+    cache_features: str = option(
+        "auto",
+        "Compute the frozen prefix (all before the first trainable block) once and train the rest on its output. "
+        "'auto': where that is exact (linear_probe, last_block, last_k, custom with a frozen prefix, and no dropout "
+        "in the prefix); 'true': wherever possible, else an error; 'false': never.",
+        SWITCHES,
+    )
+    cache_storage: str = option(
+        "auto",
+        "Where cached features live: 'auto' keeps them in memory when they fit in half the free memory, else on "
+        "disk (memory-mapped, under $HF_TL_CACHE, reused by later runs with the same key).",
+        ("auto", "memory", "disk"),
+    )
+    channels_last: str = option(
+        "auto", "channels_last memory format; 'auto': for convolutional networks on an accelerator.", SWITCHES
+    )
+    compile: bool = option(False, "torch.compile the model (slow to start, faster steps on a GPU).")
     resume: str = option(
         "auto",
         "'auto' continues from the last complete checkpoint in output.dir; 'never' discards them and starts over.",
@@ -167,19 +192,24 @@ def available_recipes() -> list[str]:
 
 def find_recipe(name_or_path: str) -> Path:
     """A shipped recipe by name, or a YAML file by path."""
+    hint = "or give a path to a .yaml file; `python -m hf_tl.recipes list` shows them all."
+    return find_yaml(name_or_path, recipe_dir(), "recipe", hint)
+
+
+def find_yaml(name_or_path: str, shipped_in: Path, what: str, hint: str) -> Path:
+    """`name_or_path` as a YAML path, or the shipped `shipped_in/NAME.yaml`; else an error listing the shipped ones."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
-            raise RecipeError(f"recipe file '{name_or_path}' does not exist.")
+            raise RecipeError(f"{what} file '{name_or_path}' does not exist.")
         return path
-    shipped = recipe_dir() / f"{name_or_path}.yaml"
+    shipped = shipped_in / f"{name_or_path}.yaml"
     if shipped.is_file():
         return shipped
-    known = available_recipes()
+    known = sorted(p.stem for p in shipped_in.glob("*.yaml"))
     raise RecipeError(
-        f"unknown recipe '{name_or_path}'.{did_you_mean(name_or_path, known)}\n"
-        f"  known recipes: {', '.join(known)}\n"
-        "  or give a path to a .yaml file; `python -m hf_tl.recipes list` shows them all."
+        f"unknown {what} '{name_or_path}'.{did_you_mean(name_or_path, known)}\n"
+        f"  known {what}s: {', '.join(known)}\n  {hint}"
     )
 
 
@@ -229,12 +259,17 @@ def to_yaml(recipe: Recipe) -> str:
 
 
 def _read_yaml(path: Path) -> DictConfig:
+    return read_mapping(path, "recipe", "of sections (model, strategy, data, ...)")
+
+
+def read_mapping(path: Path, what: str, contents: str) -> DictConfig:
+    """A YAML mapping read with OmegaConf's safe loader; the only interpolation allowed is `${hf_tl.asset:...}`."""
     try:
         raw = OmegaConf.load(path)
     except Exception as e:  # yaml.YAMLError and OmegaConf's own errors
-        raise RecipeError(f"recipe '{path}' is not valid YAML: {e}") from None
+        raise RecipeError(f"{what} '{path}' is not valid YAML: {e}") from None
     if not isinstance(raw, DictConfig):
-        raise RecipeError(f"recipe '{path}' must be a mapping of sections (model, strategy, data, ...).")
+        raise RecipeError(f"{what} '{path}' must be a mapping {contents}.")
     _reject_interpolations(raw, "")
     return raw
 
@@ -298,6 +333,8 @@ def check_options(obj: Any, prefix: str = "", what: str = "recipe key") -> None:
 
 
 def _check_values(recipe: Recipe) -> None:
+    for key in ("cache_features", "channels_last"):  # YAML reads true/false as booleans, OmegaConf as 'True'
+        setattr(recipe.training, key, str(getattr(recipe.training, key)).lower())
     for section_name in SECTIONS:
         check_options(getattr(recipe, section_name), f"{section_name}.")
     if not 0 < recipe.data.val_fraction < 1:

@@ -11,13 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from transformers import EarlyStoppingCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from hf_tl import rundir
+from hf_tl import feature_cache, rundir
 from hf_tl.backbones import load_backbone
 from hf_tl.card import write_run_card
-from hf_tl.data import Splits, collate, load_splits, make_transform
+from hf_tl.data import Splits, collate_images, image_transform, load_splits, preprocess_for
 from hf_tl.environment import device_info, library_versions, process_state
 from hf_tl.errors import HfTlError, cli
 from hf_tl.export import save_final_model
@@ -27,7 +28,7 @@ from hf_tl.metrics import compute_metrics, full_metrics
 from hf_tl.recipe import Recipe, recipe_from_argv
 from hf_tl.strategies import Summary, apply_strategy
 from hf_tl.timing import EpochTimer
-from hf_tl.trainer import SAVE_ERRORS, HfTlTrainer, disk_full, training_arguments
+from hf_tl.trainer import SAVE_ERRORS, HfTlTrainer, disk_full, training_arguments, use_channels_last
 
 
 def build_trainer(recipe: Recipe, run_dir: Path) -> tuple[HfTlTrainer, Splits, Summary, EpochTimer]:
@@ -40,9 +41,10 @@ def build_trainer(recipe: Recipe, run_dir: Path) -> tuple[HfTlTrainer, Splits, S
         )
     model, processor = load_backbone(recipe.model, splits.labels)
     model, summary = apply_strategy(model, recipe.strategy)
-    columns = (splits.image_column, splits.label_column)
-    train_set = splits.train.with_transform(make_transform(processor, recipe.data, True, *columns))
-    eval_set = splits.eval.with_transform(make_transform(processor, recipe.data, False, *columns))
+    channels_last = use_channels_last(recipe, model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    images = image_transform(splits.image_column, splits.label_column)  # uint8 at native size; resized on device
     timer = EpochTimer()
     callbacks = [timer]
     if recipe.training.early_stopping_patience:
@@ -50,14 +52,17 @@ def build_trainer(recipe: Recipe, run_dir: Path) -> tuple[HfTlTrainer, Splits, S
     trainer = HfTlTrainer(
         model=model,
         args=training_arguments(recipe, run_dir / rundir.CHECKPOINTS_DIR),
-        data_collator=collate,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
+        data_collator=collate_images,
+        train_dataset=splits.train.with_transform(images),
+        eval_dataset=splits.eval.with_transform(images),
         processing_class=processor,
         compute_loss_func=classification_loss,
         compute_metrics=compute_metrics,
         callbacks=callbacks,
+        preprocess=preprocess_for(processor, recipe.data, channels_last),
+        hflip=recipe.data.hflip,
     )
+    trainer.features = feature_cache.prepare(trainer, recipe, splits)
     return trainer, splits, summary, timer
 
 
@@ -110,8 +115,10 @@ def run(recipe: Recipe) -> Path:
         ) from None
     train_wall = time.perf_counter() - started
     timer = EpochTimer.of(trainer)  # on resume the Trainer rebuilt it from the checkpoint
-    columns = (splits.image_column, splits.label_column)
-    train_eval = splits.train.with_transform(make_transform(trainer.processing_class, recipe.data, False, *columns))
+    if trainer.features:
+        train_eval = trainer.features.train_eval_dataset()
+    else:
+        train_eval = splits.train.with_transform(image_transform(splits.image_column, splits.label_column))
     metrics = {
         "recipe": recipe.name,
         "model": recipe.model.name,
@@ -124,10 +131,13 @@ def run(recipe: Recipe) -> Path:
         "train": evaluate_split(trainer, train_eval, splits.labels, "train"),
         "parameters": summary.to_dict(),
         "timings": {**timer.to_dict(), "train_wall_seconds": round(train_wall, 3)},
+        "feature_cache": trainer.features.report if trainer.features else {"used": False},
         "epochs_completed": trainer.state.epoch,
         "device": device_info(),
         "versions": library_versions(),
     }
+    if trainer.features:
+        trainer.features.close(trainer.model)
     try:
         save_final_model(trainer, run_dir)
     except SAVE_ERRORS as e:

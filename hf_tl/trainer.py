@@ -8,16 +8,24 @@ import shutil
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError
+from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
+from hf_tl.blocks import convolutional
+from hf_tl.data import loader_workers
 from hf_tl.environment import no_accelerator
 from hf_tl.errors import HfTlError
+from hf_tl.preprocess import Preprocess, draw_flips
 from hf_tl.recipe import Recipe
 from hf_tl.rundir import sync_tree
+
+if TYPE_CHECKING:
+    from hf_tl.feature_cache import FeatureCache
 
 STAGING_DIR = ".saving"  # checkpoints are written here, then renamed into place
 LOW_DISK_BYTES = 64 * 2**20
@@ -37,6 +45,23 @@ class HfTlTrainer(Trainer):
     """
 
     _staging: str | None = None
+
+    def __init__(self, *args: Any, preprocess: Preprocess, hflip: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.preprocess = preprocess
+        self.hflip = hflip
+        self.features: FeatureCache | None = None  # set by feature_cache.prepare when the cache is on
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """On the device: uint8 images become pixel values, or cached rows become the entry's inputs."""
+        inputs = super()._prepare_inputs(inputs)
+        count = len(inputs["labels"])
+        flips = draw_flips(count) if self.hflip and self.model.training else None
+        if "images" in inputs:
+            return {"pixel_values": self.preprocess(inputs.pop("images"), flips), **inputs}
+        if "cache_row" in inputs:
+            return self.features.model_inputs(inputs, None if flips is None else flips.to(inputs["labels"].device))
+        return inputs
 
     def _get_output_dir(self, trial) -> str:
         return self._staging or super()._get_output_dir(trial)
@@ -117,6 +142,7 @@ def _current_key_names(model):
 
 def training_arguments(recipe: Recipe, checkpoints_dir: Path) -> TrainingArguments:
     t = recipe.training
+    workers = loader_workers(recipe.data.num_workers)
     return TrainingArguments(
         output_dir=str(checkpoints_dir),
         num_train_epochs=t.epochs,
@@ -144,9 +170,17 @@ def training_arguments(recipe: Recipe, checkpoints_dir: Path) -> TrainingArgumen
         report_to="none",
         remove_unused_columns=False,  # the Trainer would otherwise drop the image column
         label_names=["labels"],  # DeiT-with-teacher's forward takes no labels, so the Trainer cannot infer them
-        dataloader_num_workers=recipe.data.num_workers,
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,
         dataloader_pin_memory=not no_accelerator(),
+        torch_compile=t.compile,
         use_cpu=no_accelerator(),
         disable_tqdm=False,
         restore_callback_states_from_checkpoint=True,  # epoch timings and early-stopping patience survive a resume
     )
+
+
+def use_channels_last(recipe: Recipe, model: nn.Module) -> bool:
+    """channels_last speeds up convolutions on GPUs; 'auto' uses it there, for convolutional networks."""
+    choice = recipe.training.channels_last
+    return choice == "true" or (choice == "auto" and not no_accelerator() and convolutional(model))

@@ -1,0 +1,333 @@
+"""Where a model's frozen prefix ends, and how to run the rest of it on the prefix's cached output.
+
+The cut is taken from the blocks map (`hf_tl.blocks.layout`): the first block that holds a
+trainable parameter, or the heads for a linear probe. The inputs of that "entry" module are what
+gets cached. Which modules form the prefix is read from one traced forward pass, so it holds
+for any family without per-family forward code: the prefix is every module that has finished
+before the entry starts. While the cache feeds the model, each prefix module returns zeros of the
+shape it returned in the trace (nothing is computed), and a pre-hook hands the entry its cached
+inputs. `Split.verify` checks on real images that this gives the uncached logits; where a
+model's code reads prefix values by another route, it does not, and the cache is not used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+from torch import nn
+
+from hf_tl.blocks import Layout, layout
+from hf_tl.module_tree import under
+
+PROBE_SIZES = (2, 3)  # two batch sizes tell which tensor dimensions follow the batch
+
+
+class NotCacheable(Exception):
+    """Why this model and strategy cannot train on cached prefix features."""
+
+
+@dataclass
+class Shape:
+    """A traced tensor: its shape with the batch dimension marked, its dtype; or any other value as is."""
+
+    shape: tuple[int, ...] | None = None
+    batched: bool = False
+    dtype: torch.dtype | None = None
+    value: Any = None
+
+    def make(self, batch_size: int, device: torch.device) -> Any:
+        if self.shape is None:
+            return self.value
+        shape = (batch_size, *self.shape[1:]) if self.batched else self.shape
+        return torch.zeros((), dtype=self.dtype, device=device).expand(shape)
+
+
+@dataclass
+class Call:
+    """One module call traced twice: its inputs (for an entry) or its output (for a prefix module)."""
+
+    spec: pytree.TreeSpec
+    leaves: list[Shape]
+    constants: list[Any] = field(default_factory=list)  # non-batched input leaves, as traced
+
+
+class Feed:
+    """The cached entry inputs of the current batch, or None while the model sees images."""
+
+    def __init__(self) -> None:
+        self.leaves: list[torch.Tensor] | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.leaves[0].shape[0]
+
+
+@dataclass
+class Split:
+    entries: list[str]  # the modules whose inputs are cached, in call order
+    prefix: list[str]  # the largest frozen modules that finish before the first entry starts
+    inputs: dict[str, Call]  # per entry
+    outputs: dict[str, Call]  # per prefix module
+    pixel_shape: tuple[int, ...]
+    feed: Feed = field(default_factory=Feed)
+    _handles: list[Any] = field(default_factory=list)
+
+    @property
+    def batched_inputs(self) -> list[tuple[str, int]]:
+        """(entry, leaf index) of every cached tensor, in storage order."""
+        return [(e, i) for e in self.entries for i, s in enumerate(self.inputs[e].leaves) if s.batched]
+
+    def capture(self, model: nn.Module, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """The entries' batched inputs for these images; the model stops as soon as it has them."""
+        found: dict[tuple[str, int], torch.Tensor] = {}
+        last = self.entries[-1]
+
+        def grab(name: str) -> Callable:
+            def hook(module, args, kwargs):
+                leaves = pytree.tree_flatten((args, kwargs))[0]
+                found.update({(name, i): leaves[i] for n, i in self.batched_inputs if n == name})
+                if name == last:
+                    raise _Captured
+
+            return hook
+
+        modules = dict(model.named_modules())
+        handles = [modules[e].register_forward_pre_hook(grab(e), with_kwargs=True) for e in self.entries]
+        try:
+            model(pixel_values=pixel_values)
+        except _Captured:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [found[key] for key in self.batched_inputs]
+
+    def attach(self, model: nn.Module) -> None:
+        """Prefix modules and entries read the feed whenever it holds a batch; otherwise they run as usual."""
+        modules = dict(model.named_modules())
+        for name in self.prefix:
+            module = modules[name]
+            module.forward = _placeholder(module.forward, self.outputs[name], self.feed)
+        for name in self.entries:
+            hook = _from_feed(self.inputs[name], self.feed, self._offsets()[name], last=name == self.entries[-1])
+            self._handles.append(modules[name].register_forward_pre_hook(hook, with_kwargs=True))
+
+    def detach(self, model: nn.Module) -> None:
+        modules = dict(model.named_modules())
+        for name in self.prefix:
+            modules[name].__dict__.pop("forward", None)
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.feed.leaves = None
+
+    def placeholder_pixels(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        return torch.zeros((), device=device).expand(batch_size, *self.pixel_shape[1:])
+
+    def verify(self, model: nn.Module, pixel_values: torch.Tensor) -> None:
+        """The fed model must give the logits of the whole model on these images, else NotCacheable."""
+        was_training = model.training
+        model.eval()
+        self.attach(model)
+        try:
+            with torch.no_grad():
+                expected = model(pixel_values=pixel_values).logits
+                self.feed.leaves = self.capture(model, pixel_values)
+                got = model(pixel_values=self.placeholder_pixels(len(pixel_values), pixel_values.device)).logits
+        except Exception as e:  # the model's code used a placeholder in a way zeros cannot stand in for
+            raise NotCacheable(
+                f"running the rest of the model on cached inputs failed ({type(e).__name__}: {e})"
+            ) from None
+        finally:
+            self.detach(model)
+            model.train(was_training)
+        gap = (got.float() - expected.float()).abs().max().item()
+        if gap > 1e-5 * max(1.0, expected.abs().max().item()):
+            raise NotCacheable(
+                f"this model's code reads the frozen part's values past {self.entries[0]} (logits differ by {gap:.2e})"
+            )
+
+    def _offsets(self) -> dict[str, dict[int, int]]:
+        """For each entry, which feed position holds each of its batched leaves."""
+        offsets: dict[str, dict[int, int]] = {}
+        for position, (name, leaf) in enumerate(self.batched_inputs):
+            offsets.setdefault(name, {})[leaf] = position
+        return offsets
+
+
+class _Captured(Exception):
+    pass
+
+
+def plan(model: nn.Module, pixels: Callable[[int], torch.Tensor]) -> Split:
+    """The split of this model (its trainable parameters already chosen); `pixels(n)` gives n real images."""
+    parameters = {name: p.requires_grad for name, p in model.named_parameters()}
+    trainable = [name for name, trains in parameters.items() if trains]
+    if not trainable:
+        raise NotCacheable("nothing trains")
+    starts = _trace(model, pixels(PROBE_SIZES[0]), [])["starts"]
+    owners = sorted({name.rpartition(".")[0] for name in trainable}, key=lambda o: starts.get(o, [10**9])[0])
+    entries = _entries(layout(model), parameters, owners[0])
+    traces = [_trace(model, pixels(n), entries) for n in PROBE_SIZES]
+    order, starts, ends = traces[0]["order"], traces[0]["starts"], traces[0]["ends"]
+    entries.sort(key=lambda e: starts[e][0])
+    first = starts[entries[0]][0]
+    early = [o for o in owners if starts.get(o, [first])[0] < first]
+    if early:
+        raise NotCacheable(
+            f"parameters of {early[0]!r} train but run before {entries[0]!r}: the frozen part is no prefix"
+        )
+    prefix = _largest(
+        [n for n in order if n and all(e < first for e in ends[n]) and not any(under(x, [n]) for x in entries)]
+    )
+    if not prefix:
+        raise NotCacheable(f"nothing frozen runs before {entries[0]!r}")
+    if any(len(starts[n]) != 1 for n in prefix + entries):
+        raise NotCacheable("a frozen module or the entry runs more than once per forward")
+    return Split(
+        entries,
+        prefix,
+        {e: _call(traces[0]["inputs"][e], traces[1]["inputs"][e], keep_constants=True) for e in entries},
+        {p: _call(traces[0]["outputs"][p], traces[1]["outputs"][p]) for p in prefix},
+        tuple(pixels(PROBE_SIZES[0]).shape),
+    )
+
+
+def stochastic_prefix(model: nn.Module, split: Split) -> list[str]:
+    """Frozen modules that would act differently in training (dropout, stochastic depth): caching is then not exact."""
+    modules = dict(model.named_modules())
+    found = []
+    for name in split.prefix:
+        for sub_name, module in modules[name].named_modules(prefix=name):
+            rate = getattr(module, "p", None) if isinstance(module, nn.modules.dropout._DropoutNd) else None
+            rate = rate if rate is not None else getattr(module, "drop_prob", getattr(module, "prob", None))
+            if isinstance(rate, (int, float)) and rate > 0:
+                found.append(sub_name)
+    return found
+
+
+def _entries(parts: Layout, parameters: dict[str, bool], first_owner: str) -> list[str]:
+    """The module of the blocks map where training starts: its inputs are what gets cached.
+
+    A unit that trains whole (a CNN stage for last_block) is taken whole, since the blocks inside
+    some stages pass lists between them; else the finest block holding the first module to train.
+    For a linear probe, every trainable head.
+    """
+
+    def trains_whole(name: str) -> bool:
+        return all(trains for p, trains in parameters.items() if under(p, [name]))
+
+    units = [name for group in parts.units for name in group]
+    blocks = [name for group in parts.blocks for name in group]
+    candidates = [n for n in units if trains_whole(n)] + blocks + units + parts.norm
+    for name in candidates:
+        if under(first_owner, [name]):
+            return [name]
+    heads = [h for h in parts.heads if any(trains and under(p, [h]) for p, trains in parameters.items())]
+    if any(under(first_owner, [h]) for h in heads):
+        return heads
+    raise NotCacheable(f"{first_owner or 'the model'!r} trains but is no block, final norm or head of the blocks map")
+
+
+def _trace(model: nn.Module, pixel_values: torch.Tensor, entries: list[str]) -> dict:
+    """Call order, start/end event indices, entry inputs and module outputs of one forward pass."""
+    order: list[str] = []
+    starts: dict[str, list[int]] = {}
+    ends: dict[str, list[int]] = {}
+    inputs: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
+    clock = iter(range(10**9))
+
+    def before(name):
+        def hook(module, args, kwargs):
+            if name not in starts:
+                order.append(name)
+            starts.setdefault(name, []).append(next(clock))
+            if name in entries:
+                inputs.setdefault(name, (args, kwargs))
+
+        return hook
+
+    def after(name):
+        def hook(module, args, output):
+            ends.setdefault(name, []).append(next(clock))
+            outputs.setdefault(name, pytree.tree_map_only(torch.Tensor, _on_meta, output))
+
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(before(name), with_kwargs=True))
+        handles.append(module.register_forward_hook(after(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(pixel_values=pixel_values)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    missing = [e for e in entries if e not in inputs]
+    if missing:
+        raise NotCacheable(f"{missing[0]!r} is not called in the forward pass")
+    return {"order": order, "starts": starts, "ends": ends, "inputs": inputs, "outputs": outputs}
+
+
+def _call(small: Any, large: Any, keep_constants: bool = False) -> Call:
+    """Compare one call traced at two batch sizes: dimensions that changed follow the batch."""
+    leaves, spec = pytree.tree_flatten(small)
+    others, other_spec = pytree.tree_flatten(large)
+    if spec != other_spec:
+        raise NotCacheable("a module's inputs or outputs change structure with the batch size")
+    shapes, constants = [], []
+    for a, b in zip(leaves, others, strict=True):
+        if isinstance(a, torch.Tensor):
+            batched = a.ndim > 0 and a.shape[0] == PROBE_SIZES[0] and b.shape[0] == PROBE_SIZES[1]
+            if not batched and a.shape != b.shape:
+                raise NotCacheable("a tensor changes shape with the batch size other than along its first dimension")
+            shapes.append(Shape(tuple(a.shape), batched, a.dtype))
+            constants.append(None if batched or not keep_constants else a)
+        else:
+            shapes.append(Shape(value=a))
+            constants.append(a)
+    return Call(spec, shapes, constants)
+
+
+def _placeholder(forward: Callable, output: Call, feed: Feed) -> Callable:
+    def replay(*args, **kwargs):
+        if feed.leaves is None:
+            return forward(*args, **kwargs)
+        device = feed.leaves[0].device
+        return pytree.tree_unflatten([s.make(feed.batch_size, device) for s in output.leaves], output.spec)
+
+    return replay
+
+
+def _from_feed(call: Call, feed: Feed, positions: dict[int, int], last: bool) -> Callable:
+    """The entry's inputs from the feed; the last entry empties it, so the next forward sees images again."""
+
+    def hook(module, args, kwargs):
+        if feed.leaves is None:
+            return None
+        leaves = [feed.leaves[positions[i]] if i in positions else c for i, c in enumerate(call.constants)]
+        if last:
+            feed.leaves = None
+        return pytree.tree_unflatten(leaves, call.spec)
+
+    return hook
+
+
+def _on_meta(tensor: torch.Tensor) -> torch.Tensor:
+    """Shape and dtype without the memory: the trace keeps every module's output."""
+    return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+
+
+def _largest(names: list[str]) -> list[str]:
+    """Drop names inside another name of the list; keep call order."""
+    chosen = set(names)
+    return [n for n in names if not any(under(n, [o]) and n != o for o in chosen)]
