@@ -8,6 +8,7 @@ loading without `trust_remote_code` fails loudly instead of building a linear he
 silently dropping the trained one. This file imports only torch and transformers.
 """
 
+import torch
 import transformers
 from torch import nn
 
@@ -49,8 +50,27 @@ def set_head(model: nn.Module, name: str, make_head) -> None:
     old = getattr(owner, child)
     if isinstance(old, nn.Sequential) and len(old) > 1 and isinstance(old[0], nn.Flatten):
         old[-1] = make_head(head_in_features(old, model.config))
+    elif isinstance(old, nn.Conv2d) and old.kernel_size == (1, 1):  # timm's ResNetV2 (BiT) classifies by 1x1 conv
+        setattr(owner, child, pointwise(make_head(old.in_channels)))
     else:
         setattr(owner, child, make_head(head_in_features(old, model.config)))
+
+
+def pointwise(head: nn.Module) -> nn.Module:
+    """The same head with each Linear as the equivalent 1x1 convolution, for a head fed (B, C, 1, 1) maps.
+
+    Keeping the conv form keeps the checkpoint's shapes, so plain transformers reloads it.
+    """
+    if isinstance(head, nn.Linear):
+        conv = nn.Conv2d(head.in_features, head.out_features, 1, bias=head.bias is not None)
+        with torch.no_grad():
+            conv.weight.copy_(head.weight[:, :, None, None])
+            if head.bias is not None:
+                conv.bias.copy_(head.bias)
+        return conv
+    for child_name, child in head.named_children():
+        setattr(head, child_name, pointwise(child))
+    return head
 
 
 def _config_class(base):

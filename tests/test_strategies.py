@@ -104,3 +104,40 @@ def test_lora_on_weight_standardised_convolutions_merges_exactly(tiny_family):
     plain = _bit_with_random_adapters(tiny_family, LoraConfig(r=4, target_modules=targets))
     assert _merge_gap(ours) < 1e-5
     assert _merge_gap(plain) > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_timm_resnetv2_conv_classifier_gets_a_head_that_reloads(tmp_path, head):
+    """timm's ResNetV2 (BiT) classifies with a 1x1 convolution; the fresh head keeps that form and reloads."""
+    from conftest import save_timm, saved_digits
+
+    from hf_tl.export import save_final_model
+    from hf_tl.recipe import load_recipe
+    from hf_tl.rundir import MODEL_DIR
+    from hf_tl.train import build_trainer
+
+    source = save_timm(tmp_path / "rv2", "resnetv2_50x1_bit", channels=(128, 128, 128, 128), stem_chs=32)
+    recipe = load_recipe(
+        "quickstart",
+        [
+            f"model.name={source}",
+            f"data.dataset={saved_digits(tmp_path, per_class=4)}",
+            f"model.head={head}",
+            "training.max_steps=2",
+            "training.batch_size=8",
+            f"output.dir={tmp_path / 'run'}",
+        ],
+    )
+    trainer, *_ = build_trainer(recipe, tmp_path / "run")
+    trainer.train()
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        in_memory = trainer.model.eval()(pixel_values=pixels).logits
+    save_final_model(trainer, tmp_path / "run")
+    reloaded = AutoModelForImageClassification.from_pretrained(
+        tmp_path / "run" / MODEL_DIR, trust_remote_code=head == "mlp"
+    ).eval()
+    assert in_memory.shape == (2, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=pixels).logits, in_memory, atol=1e-5, rtol=1e-4)
