@@ -86,3 +86,76 @@ def save_figure(fig: Figure, path: Path) -> Path:
     finally:
         plt.close(fig)
     return Path(path)
+
+
+# The report's colours: one per architecture family, grey for runs whose family is not known.
+TYPE_COLOURS = {"CNN": "tab:blue", "transformer": "tab:orange"}
+OTHER_COLOUR = "tab:gray"
+
+
+def accuracy_vs_parameters(points: Sequence[dict], path: Path, title: str = "") -> Path:
+    """Validation accuracy (%) against trainable parameters (log axis), one colour per family, each point named.
+
+    `points`: dicts with label, type, parameters, accuracy and, where the paper gives them, paper_parameters and
+    paper_accuracy (drawn hollow, joined to the run by a thin line).
+    """
+    fig, ax = plt.subplots(figsize=(9, 6), layout="constrained")
+    for kind in sorted({p["type"] or "" for p in points}):
+        own = [p for p in points if (p["type"] or "") == kind]
+        colour = TYPE_COLOURS.get(kind, OTHER_COLOUR)
+        ax.scatter([p["parameters"] for p in own], [p["accuracy"] for p in own], s=50, color=colour, zorder=3,
+                   label=f"{kind or 'family not given'} (this run)")  # fmt: skip
+        paper = [p for p in own if p.get("paper_accuracy") is not None and p.get("paper_parameters")]
+        if paper:
+            ax.scatter([p["paper_parameters"] for p in paper], [p["paper_accuracy"] for p in paper], s=50,
+                       facecolors="none", edgecolors=colour, zorder=3, label=f"{kind} (paper)")  # fmt: skip
+            for p in paper:
+                ax.plot([p["paper_parameters"], p["parameters"]], [p["paper_accuracy"], p["accuracy"]],
+                        color=colour, alpha=0.3, linewidth=0.8)  # fmt: skip
+    for p in points:
+        ax.annotate(plain(p["label"]), (p["parameters"], p["accuracy"]), xytext=(5, 4), textcoords="offset points",
+                    fontsize=8)  # fmt: skip
+    ax.set_xscale("log")
+    ax.margins(x=0.3, y=0.08)  # room for the labels right of the points
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    if points:
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
+    if title:
+        ax.set_title(plain(title), fontsize=10)
+    return save_figure(fig, path)
+
+
+def strategy_bars(
+    groups: Sequence[str],
+    series: dict[str, Sequence[float | None]],
+    path: Path,
+    title: str = "",
+    paper: dict[str, Sequence[float | None]] | None = None,
+) -> Path:
+    """Grouped bars: for each backbone (group), one bar per strategy, its accuracy written on it; the paper's
+    figure, where given, as a black tick over the bar."""
+    width = 0.8 / max(len(series), 1)
+    paper_labelled = False
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(groups) * max(len(series), 1) + 2), 5), layout="constrained")
+    for i, (name, values) in enumerate(series.items()):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        shown = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
+        bars = ax.bar([x for x, _ in shown], [v for _, v in shown], width, label=plain(name))
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        marks = [(x, v) for x, v in zip(xs, (paper or {}).get(name, [None] * len(xs)), strict=True) if v is not None]
+        if marks:
+            ax.scatter(*zip(*marks, strict=True), marker="_", s=400, color="black", zorder=3,
+                       label=None if paper_labelled else "paper")  # fmt: skip
+            paper_labelled = True
+    ax.set_xticks(range(len(groups)), labels=[plain(g) for g in groups], rotation=20 if len(groups) > 4 else 0)
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        ax.set_title(plain(title), fontsize=10)
+    return save_figure(fig, path)

@@ -27,6 +27,11 @@ def recipe_dir() -> Path:
     return _shipped("hf_tl._recipes", "recipes")
 
 
+def study_dir() -> Path:
+    """`recipes/studies/` of the checkout: the studies `python -m hf_tl.sweep` runs, and their figures."""
+    return recipe_dir() / "studies"
+
+
 def model_card_template(name: str = "hf_tl") -> Path:
     """`model_cards/NAME.md` of the checkout, installed as the package data `hf_tl._model_cards`."""
     return _shipped("hf_tl._model_cards", "model_cards") / f"{name}.md"

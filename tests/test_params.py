@@ -10,6 +10,8 @@ from conftest import run_cli
 
 from hf_tl.params import count_parameters
 from hf_tl.recipe import load_recipe
+from hf_tl.studies import figure_for, load_study
+from hf_tl.sweep import write_cell_recipe
 
 # Tiny ViT of conftest: width 32, MLP 64, 3 blocks. One block: q/k/v/o projections, two layer norms, fc1, fc2.
 BLOCK = 4 * (32 * 32 + 32) + 2 * 2 * 32 + (32 * 64 + 64) + (64 * 32 + 32)
@@ -139,3 +141,58 @@ def test_shipped_recipes_train_what_their_papers_count(tmp_path, recipe, config,
         load_recipe(recipe, [f"model.name={save_config(tmp_path, config)}", "model.num_labels=10"])
     )
     assert getattr(summary, key) == expected
+
+
+# The studies' checkpoints, each built locally from its published architecture (no weights, nothing fetched).
+STUDY_CONFIGS = {
+    "google/vit-large-patch32-224-in21k": dict(
+        kind="vit", hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+        patch_size=32,
+    ),
+    "microsoft/swin-base-patch4-window7-224": dict(
+        kind="swin", embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=7
+    ),
+    "facebook/deit-base-distilled-patch16-224": dict(
+        kind="deit", architectures=["DeiTForImageClassificationWithTeacher"]
+    ),
+}  # fmt: skip
+
+
+def save_study_config(path, model_id: str):
+    """A study checkpoint's config: transformers' own for the three above, timm's architecture for `timm/ARCH.TAG`."""
+    from transformers import DeiTConfig, SwinConfig, TimmWrapperConfig, ViTConfig
+
+    if model_id.startswith("timm/"):
+        config = TimmWrapperConfig(architecture=model_id.removeprefix("timm/").split(".")[0])
+    else:
+        settings = dict(STUDY_CONFIGS[model_id])
+        config = {"vit": ViTConfig, "swin": SwinConfig, "deit": DeiTConfig}[settings.pop("kind")](**settings)
+    config.save_pretrained(path)
+    return path
+
+
+STUDY_ROWS = [
+    (name, row["backbone"]) for name in ("malpure2021", "malpure2021_repo") for row in load_study(name).figures
+]
+
+
+@pytest.mark.parametrize(("study_name", "backbone"), STUDY_ROWS)
+def test_each_study_cell_trains_the_count_its_figures_file_gives(tmp_path, study_name, backbone):
+    """The study's own recipe for the row, on a local copy of its checkpoint's architecture."""
+    study = load_study(study_name)
+    (cell,) = [c for c in study.cells if c.backbone.key == backbone]
+    row = figure_for(study.figures, backbone, cell.dataset.key, cell.strategy.key)
+    model_dir = save_study_config(tmp_path / "config", cell.backbone.model)
+    recipe = load_recipe(str(write_cell_recipe(tmp_path, study, cell)), [f"model.name={model_dir}"])
+    summary = count_parameters(recipe)
+    assert getattr(summary, row["counted_as"]) == row["hf_tl_trainable_parameters"]
+    assert summary.trainable == summary.trainable_backbone + summary.trainable_head
+
+
+def test_malpure_counts_equal_the_papers_except_where_the_checkpoint_differs_and_the_note_says_by_how_much():
+    rows = load_study("malpure2021").figures
+    differ = {r["backbone"]: r for r in rows if r["hf_tl_trainable_parameters"] != r["paper_trainable_parameters"]}
+    assert set(differ) == {"resnet152v2", "vgg19"}  # torchvision's ResNet-152 v1 and VGG-19 with fc6/fc7
+    for row in differ.values():
+        gap = abs(row["paper_trainable_parameters"] - row["hf_tl_trainable_parameters"])
+        assert row["note"].startswith(f"{gap:,} ")
