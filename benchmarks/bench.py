@@ -231,7 +231,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
     sizes = (
-        {"images": 600, "width": 192, "steps": 40, "batch": 32, "preprocess_images": 1024}
+        {"images": 600, "width": 192, "steps": 60, "batch": 32, "preprocess_images": 1024}
         if args.quick
         else {"images": 2000, "width": 256, "steps": 60, "batch": 32, "preprocess_images": 4096}
     )

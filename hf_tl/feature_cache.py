@@ -192,7 +192,7 @@ def cache_root() -> Path:
 def _location(choice: str, needed: int, device: torch.device) -> str:
     if choice == "disk" or process_state().num_processes > 1:  # one store on disk, shared by every rank
         return "disk"
-    if device.type != "cpu" and needed < FREE_SHARE * torch.cuda.mem_get_info(device)[0]:
+    if device.type == "cuda" and needed < FREE_SHARE * torch.cuda.mem_get_info(device)[0]:
         return "accelerator"
     if choice == "memory" or needed < FREE_SHARE * _free_memory():
         return "memory"
