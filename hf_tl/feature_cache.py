@@ -16,6 +16,7 @@ the dtype and library versions; a store is renamed into place only when complete
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -34,14 +36,18 @@ from tqdm.auto import tqdm
 from hf_tl.data import Splits, collate_images, image_transform
 from hf_tl.environment import library_versions, process_state
 from hf_tl.errors import HfTlError
-from hf_tl.prefix_split import NotCacheable, Split, plan, stochastic_prefix
+from hf_tl.prefix_split import NotCacheable, Split, plan, random_in_training, stochastic_prefix
 from hf_tl.recipe import Recipe
+from hf_tl.rundir import sync_tree
+from hf_tl.trainer import disk_full
 
 CACHEABLE = ("linear_probe", "last_block", "last_k", "custom")
+KEY_LIBRARIES = ("hf-tl", "torch", "torchvision", "transformers", "timm")  # what computes the features
 FORMAT = 1
 META_FILE = "meta.json"
 PROBE_IMAGES = 4
-FREE_SHARE = 0.5  # of free memory the store may take
+FREE_SHARE = 0.5  # of free host memory the store may take
+ACCELERATOR_SHARE = 0.25  # of free accelerator memory
 
 
 @dataclass
@@ -70,7 +76,10 @@ class FeatureCache:
         """Feed the batch's cached tensors to the entry; the model gets placeholder pixels it never reads."""
         rows = inputs["cache_row"] if flips is None else torch.where(flips, inputs["flipped_row"], inputs["cache_row"])
         device = inputs["labels"].device
-        self.split.feed.leaves = [part[rows.to(part.device)].to(device, non_blocking=True) for part in self.store]
+        self.split.feed.leaves = [
+            part[rows.to(part.device)].to(device, dtype, non_blocking=True)
+            for part, dtype in zip(self.store, self.split.input_dtypes, strict=True)
+        ]
         return {"pixel_values": self.split.placeholder_pixels(len(rows), device), "labels": inputs["labels"]}
 
     def close(self, model: torch.nn.Module) -> None:
@@ -152,11 +161,15 @@ def _split(trainer: Any, recipe: Recipe, splits: Splits) -> Split:
 
     split = plan(trainer.model, pixels)
     split.verify(trainer.model, pixels(PROBE_IMAGES))
+    # Dropout modules are found by their rate; dropout the model's code applies by itself shows in two passes.
     stochastic = stochastic_prefix(trainer.model, split)
-    if stochastic and recipe.training.cache_features == "auto":
+    if recipe.training.cache_features == "auto" and (
+        stochastic or random_in_training(trainer.model, split, pixels(PROBE_IMAGES))
+    ):
+        where = (stochastic or ["the frozen part"])[0]
         raise NotCacheable(
-            f"{stochastic[0]} drops activations at random in the frozen part while training, which a cache cannot "
-            "repeat (training.cache_features=true caches it without)"
+            f"{where} drops activations at random before the cut while training, which a cache cannot repeat "
+            "(training.cache_features=true caches it without)"
         )
     return split
 
@@ -175,13 +188,34 @@ def _store(trainer: Any, recipe: Recipe, splits: Splits, split: Split) -> tuple[
         return store, location
     key = _key(trainer, recipe, splits, split, dtype, views)
     folder = cache_root() / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-    with process_state().main_process_first():
-        store = _open(folder, key, rows, shapes, dtype)
-        if store is None:
-            store = _build_on_disk(folder, key, rows, shapes, dtype, trainer, recipe, splits, split)
-        else:
-            _say(f"feature cache: reusing {folder}")
+    state = process_state()
+    failure = None
+    if state.is_main_process:  # the main process builds; the others wait, then map what it wrote
+        try:
+            _open_or_build(folder, key, rows, shapes, dtype, trainer, recipe, splits, split)
+        except Exception as e:  # every rank must hear of it, or the others would wait at the barrier forever
+            failure = e
+    if state.num_processes > 1:
+        failed = broadcast_object_list([failure is not None])[0]
+        if failed and failure is None:
+            raise HfTlError("the main process could not build the feature cache; its error is printed above.")
+    if failure is not None:
+        raise failure
+    store = _open(folder, key, rows, shapes, dtype)
+    if store is None:
+        raise HfTlError(f"the feature cache in {folder} could not be read back after it was written.")
     return store, f"disk: {folder}"
+
+
+def _open_or_build(folder: Path, key: dict, rows: int, shapes: list, dtype, trainer, recipe, splits, split) -> None:
+    """One builder per store: a second run with the same key waits for the first, then reuses its store."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _open(folder, key, rows, shapes, dtype) is not None:
+            _say(f"feature cache: reusing {folder}")
+            return
+        _build_on_disk(folder, key, rows, shapes, dtype, trainer, recipe, splits, split)
 
 
 def cache_root() -> Path:
@@ -192,8 +226,8 @@ def cache_root() -> Path:
 def _location(choice: str, needed: int, device: torch.device) -> str:
     if choice == "disk" or process_state().num_processes > 1:  # one store on disk, shared by every rank
         return "disk"
-    if device.type == "cuda" and needed < FREE_SHARE * torch.cuda.mem_get_info(device)[0]:
-        return "accelerator"
+    if choice == "auto" and device.type == "cuda" and needed < ACCELERATOR_SHARE * torch.cuda.mem_get_info(device)[0]:
+        return "accelerator"  # a quarter: the optimizer, activations and evaluation need the rest
     if choice == "memory" or needed < FREE_SHARE * _free_memory():
         return "memory"
     return "disk"
@@ -225,13 +259,16 @@ def _key(trainer, recipe: Recipe, splits: Splits, split: Split, dtype: torch.dty
         "frozen_weights": _frozen_digest(trainer.model),
         "entries": split.entries,
         "prefix": split.prefix,
+        "config": hashlib.sha256(trainer.model.config.to_json_string().encode()).hexdigest(),
         "preprocess": trainer.preprocess.key(),
+        "device": trainer.args.device.type,  # the resize runs on uint8 on a CPU, in float on an accelerator
+        "image_column": splits.image_column,
         "views": views,
         "train": splits.train._fingerprint,
         "eval": splits.eval._fingerprint,
         "rows": [len(splits.train), len(splits.eval)],
         "dtype": str(dtype),
-        "versions": {k: v for k, v in library_versions().items() if k in ("torch", "transformers", "timm")},
+        "versions": {k: v for k, v in library_versions().items() if k in KEY_LIBRARIES},
     }
 
 
@@ -258,23 +295,48 @@ def _open(folder: Path, key: dict, rows: int, shapes: list, dtype: torch.dtype) 
         return None
 
 
-def _build_on_disk(folder: Path, key: dict, rows: int, shapes: list, dtype, trainer, recipe, splits, split):
-    """Written beside the final folder and renamed into place when complete: a crash leaves no usable half."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
+def _build_on_disk(folder: Path, key: dict, rows: int, shapes: list, dtype, trainer, recipe, splits, split) -> None:
+    """Written beside the final folder and renamed into place when complete and synced: a crash leaves no half.
+
+    Called under the store's lock, so a `.partial-*` folder found here is a dead build's leftover.
+    """
     for stale in folder.parent.glob(f"{folder.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
     partial = folder.parent / f"{folder.name}.partial-{uuid.uuid4().hex[:8]}"
     partial.mkdir()
     try:
-        store = [_mapped(partial / f"part{i}.bin", rows, s, dtype, shared=True) for i, s in enumerate(shapes)]
+        paths = [partial / f"part{i}.bin" for i in range(len(shapes))]
+        for path, shape in zip(paths, shapes, strict=True):
+            _allocate(path, rows * torch.Size(shape).numel() * torch.tensor([], dtype=dtype).element_size())
+        store = [_mapped(path, rows, s, dtype, shared=True) for path, s in zip(paths, shapes, strict=True)]
         _fill(store, trainer, recipe, splits, split)
+        del store
         (partial / META_FILE).write_text(json.dumps({"key": key, "shapes": [list(s) for s in shapes]}, indent=1))
+        sync_tree(partial)
         shutil.rmtree(folder, ignore_errors=True)  # an incomplete or different-key store under this name
         partial.rename(folder)
+    except OSError as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        if disk_full(e, folder.parent):
+            raise HfTlError(
+                f"the disk is full: the feature cache needs {_gigabytes(rows, shapes, dtype):.1f} GB under "
+                f"{folder.parent}. Free some space, point HF_TL_CACHE at a larger disk, or set "
+                "training.cache_storage=memory (or training.cache_features=false)."
+            ) from None
+        raise
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return [_mapped(folder / f"part{i}.bin", rows, s, dtype, shared=False) for i, s in enumerate(shapes)]
+
+
+def _allocate(path: Path, size: int) -> None:
+    """Reserve the blocks now: a sparse file on a disk that fills up would end the process with SIGBUS."""
+    with open(path, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, size)
+
+
+def _gigabytes(rows: int, shapes: list, dtype: torch.dtype) -> float:
+    return rows * sum(torch.Size(s).numel() for s in shapes) * torch.tensor([], dtype=dtype).element_size() / 2**30
 
 
 def _mapped(path: Path, rows: int, shape, dtype: torch.dtype, shared: bool) -> torch.Tensor:
@@ -303,7 +365,7 @@ def _fill(store: list[torch.Tensor], trainer, recipe: Recipe, splits: Splits, sp
                 images = _to(batch["images"], device)
                 count = len(images)
                 flips = torch.ones(count, dtype=torch.bool) if mirrored else None
-                with torch.no_grad(), torch.autocast(device.type, autocast, enabled=autocast != torch.float32):
+                with torch.inference_mode(), torch.autocast(device.type, autocast, enabled=autocast != torch.float32):
                     parts = split.capture(model, trainer.preprocess(images, flips))
                 for target, part in zip(store, parts, strict=True):
                     target[row : row + count] = part.to(target.device, target.dtype)

@@ -75,6 +75,12 @@ class Split:
     pixel_shape: tuple[int, ...]
     feed: Feed = field(default_factory=Feed)
     _handles: list[Any] = field(default_factory=list)
+    _own_forward: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_dtypes(self) -> list[torch.dtype]:
+        """The dtype each cached tensor had in the traced (fp32) forward: stored bf16 is fed back as that."""
+        return [self.inputs[e].leaves[i].dtype for e, i in self.batched_inputs]
 
     @property
     def batched_inputs(self) -> list[tuple[str, int]]:
@@ -111,6 +117,7 @@ class Split:
         modules = dict(model.named_modules())
         for name in self.prefix:
             module = modules[name]
+            self._own_forward[name] = module.__dict__.get("forward")  # e.g. accelerate's offload hook
             module.forward = _placeholder(module.forward, self.outputs[name], self.feed)
         for name in self.entries:
             hook = _from_feed(self.inputs[name], self.feed, self._offsets()[name], last=name == self.entries[-1])
@@ -119,7 +126,11 @@ class Split:
     def detach(self, model: nn.Module) -> None:
         modules = dict(model.named_modules())
         for name in self.prefix:
-            modules[name].__dict__.pop("forward", None)
+            own = self._own_forward.pop(name, None)
+            if own is None:
+                modules[name].__dict__.pop("forward", None)
+            else:
+                modules[name].forward = own
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -195,6 +206,25 @@ def plan(model: nn.Module, pixels: Callable[[int], torch.Tensor]) -> Split:
         {p: _call(traces[0]["outputs"][p], traces[1]["outputs"][p]) for p in prefix},
         tuple(pixels(PROBE_SIZES[0]).shape),
     )
+
+
+def random_in_training(model: nn.Module, split: Split, pixel_values: torch.Tensor) -> bool:
+    """Whether what enters the cut changes between two training-mode passes (dropout anywhere before it).
+
+    Frozen norms stay in eval mode (the strategies pin them). This also catches dropout written as a
+    number in a model's own code rather than as a module, which `stochastic_prefix` cannot see.
+    """
+    was_training = model.training
+    model.train()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            first = split.capture(model, pixel_values)
+            torch.manual_seed(2)
+            second = split.capture(model, pixel_values)
+    finally:
+        model.train(was_training)
+    return any(not torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 def stochastic_prefix(model: nn.Module, split: Split) -> list[str]:

@@ -40,10 +40,10 @@ def build_trainer(recipe: Recipe, run_dir: Path) -> tuple[HfTlTrainer, Splits, S
             "drop model.num_labels (it is only for hf_tl.params)."
         )
     model, processor = load_backbone(recipe.model, splits.labels)
-    model, summary = apply_strategy(model, recipe.strategy)
-    channels_last = use_channels_last(recipe, model)
+    channels_last = use_channels_last(recipe, model)  # before a peft wrapper renames the modules
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    model, summary = apply_strategy(model, recipe.strategy)
     images = image_transform(splits.image_column, splits.label_column)  # uint8 at native size; resized on device
     timer = EpochTimer()
     callbacks = [timer]

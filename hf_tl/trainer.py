@@ -58,6 +58,8 @@ class HfTlTrainer(Trainer):
         count = len(inputs["labels"])
         flips = draw_flips(count) if self.hflip and self.model.training else None
         if "images" in inputs:
+            if self.features:  # a forward that raised may have left cached inputs behind
+                self.features.split.feed.leaves = None
             return {"pixel_values": self.preprocess(inputs.pop("images"), flips), **inputs}
         if "cache_row" in inputs:
             return self.features.model_inputs(inputs, None if flips is None else flips.to(inputs["labels"].device))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 
 import pytest
 import torch
-from conftest import saved_digits
+from conftest import save_vit, saved_digits
 from transformers import AutoModelForImageClassification
 
 from hf_tl.backbones import replace_heads
@@ -16,7 +18,7 @@ from hf_tl.prefix_split import NotCacheable, plan
 from hf_tl.recipe import StrategySection, load_recipe
 from hf_tl.rundir import METRICS_FILE
 from hf_tl.strategies import apply_strategy
-from hf_tl.train import run
+from hf_tl.train import build_trainer, run
 
 TOLERANCE = 1e-4  # the issue's bar: same seed, CPU, fp32
 
@@ -130,7 +132,7 @@ def test_damaged_store_is_rebuilt_not_read(tiny_vit, digits, tmp_path, capsys):
     [
         ("vit", "strategy.kind=full", "strategy full trains inside every block"),
         ("vit", "strategy.kind=lora", "strategy lora trains inside every block"),
-        ("swin", "strategy.kind=last_block", "drops activations at random in the frozen part"),  # drop_path_rate 0.1
+        ("swin", "strategy.kind=last_block", "drops activations at random before the cut"),  # drop_path_rate 0.1
     ],
 )
 def test_auto_says_why_the_cache_is_off(tiny_family, digits, tmp_path, capsys, family, strategy, reason):
@@ -202,3 +204,34 @@ def test_a_trainable_module_before_the_cut_is_no_prefix(tiny_vit):
     )
     with pytest.raises(NotCacheable, match="is no block, final norm or head"):
         plan(model, pixels)
+
+
+def test_dropout_written_as_a_number_in_the_model_code_turns_auto_off(digits, tmp_path, capsys):
+    """ViT's attention dropout is a float its attention function applies, not an nn.Dropout module."""
+    model = save_vit(tmp_path / "vit-dropout", attention_probs_dropout_prob=0.3)
+    metrics, _ = train(model, digits, tmp_path / "run", "strategy.kind=last_block", "training.epochs=1")
+    assert metrics["feature_cache"] == {"used": False}
+    assert "drops activations at random before the cut" in capsys.readouterr().out
+
+
+def test_a_full_disk_while_building_is_a_clear_error_and_leaves_nothing(tiny_vit, digits, tmp_path, monkeypatch):
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    args = ("strategy.kind=last_block", "training.cache_features=true", "training.cache_storage=disk")
+    with pytest.raises(HfTlError, match="the disk is full: the feature cache needs .* GB under"):
+        train(tiny_vit, digits, tmp_path / "run", *args)
+    assert not store_folders() and not list(cache_root().glob("*.partial-*"))
+
+
+def test_lora_with_channels_last_on_an_accelerator_builds(tiny_resnet, digits, tmp_path, monkeypatch):
+    """channels_last is decided on the plain model: a peft wrapper renames every module."""
+    monkeypatch.setattr("hf_tl.trainer.no_accelerator", lambda: False)  # as on a GPU machine
+    recipe = load_recipe(
+        "quickstart",
+        [f"model.name={tiny_resnet}", f"data.dataset={digits}", f"output.dir={tmp_path}", "strategy.kind=lora"],
+    )
+    trainer, *_ = build_trainer(recipe, tmp_path)
+    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
