@@ -27,17 +27,25 @@ from tqdm.auto import tqdm
 
 from hf_tl.analysis.attention_distance import AttentionDistance
 from hf_tl.analysis.cka import MIN_BATCH
-from hf_tl.analysis.compare import Backbone, LayerCKA, layer_cka, to_device
+from hf_tl.analysis.compare import Backbone, LayerCKA, layer_cka
 from hf_tl.analysis.figures import attention_distance_plot, cka_heatmap
 from hf_tl.analysis.layers import LAYER_CHOICES, Tap
 from hf_tl.analysis.tokens import TOKEN_MODES
 from hf_tl.backbones import load_model, load_processor
 from hf_tl.command_line import default_device, parse_key_values, resolve_model, slug
-from hf_tl.data import detect_image_column, input_size, loader_workers, open_dataset, preprocess_for
+from hf_tl.data import (
+    collate_images,
+    detect_image_column,
+    image_transform,
+    input_size,
+    loader_workers,
+    open_dataset,
+    preprocess_for,
+)
 from hf_tl.environment import library_versions
 from hf_tl.errors import DataError, RecipeError, cli
 from hf_tl.image_check import drop_or_refuse_bad_images
-from hf_tl.preprocess import Preprocess, to_uint8
+from hf_tl.preprocess import Preprocess, to_device
 from hf_tl.recipe import DataSection, ModelSection, did_you_mean, option, same_option
 from hf_tl.rundir import write_json, written_atomically
 
@@ -104,7 +112,8 @@ def run_cka(args: CkaArgs) -> dict:
     dataset, split, image_column = _examples(args, minimum=MIN_BATCH)
     started = time.perf_counter()
     with tqdm(total=_used(len(dataset), args.batch_size), unit="img", desc="CKA", file=sys.stderr) as bar:
-        found = layer_cka(backbones, _loader(dataset, image_column, args), args.layers, args.tokens, device, bar.update)
+        images = (batch["images"] for batch in _loader(dataset, image_column, args))
+        found = layer_cka(backbones, images, args.layers, args.tokens, device, bar.update)
     seconds = time.perf_counter() - started
     output = Path(args.out) if args.out else _default_output([args.model_a, args.model_b], args.dataset)
     result = {
@@ -162,9 +171,9 @@ def run_attention_distance(args: DistanceArgs) -> dict:
     loader, preprocess = _loader(dataset, image_column, args), _preprocess(processor, args)
     with measure.hooked(), torch.inference_mode():
         with tqdm(total=len(dataset), unit="img", desc="attention distance", file=sys.stderr) as bar:
-            for images in loader:
-                measure.add(preprocess(to_device(images, device)))
-                bar.update(len(images))
+            for batch in loader:
+                measure.add(preprocess(to_device(batch["images"], device)))
+                bar.update(len(batch["images"]))
     distances = measure.result()
     output = Path(args.out) if args.out else _default_output([args.model], args.dataset)
     result = {
@@ -232,15 +241,9 @@ def _examples(args: DataArgs, minimum: int) -> tuple[Dataset, str, str]:
 def _loader(dataset: Dataset, image_column: str, args: DataArgs) -> DataLoader:
     """Batches of decoded uint8 images at native size; each model's `Preprocess` resizes and normalises them."""
 
-    def decode(batch: dict) -> dict:
-        return {"images": [to_uint8(image) for image in batch[image_column]]}
-
-    def collate(examples: list[dict]) -> torch.Tensor | list[torch.Tensor]:
-        images = [e["images"] for e in examples]
-        return torch.stack(images) if all(i.shape == images[0].shape for i in images) else images
-
     workers = loader_workers(args.num_workers)
-    return DataLoader(dataset.with_transform(decode), args.batch_size, collate_fn=collate, num_workers=workers)
+    images = dataset.with_transform(image_transform(image_column))
+    return DataLoader(images, args.batch_size, collate_fn=collate_images, num_workers=workers)
 
 
 def _preprocess(processor: object, args: DataArgs) -> Preprocess:

@@ -169,11 +169,12 @@ def preprocess_for(processor: Any, cfg: DataSection, channels_last: bool = False
     return Preprocess(input_size(processor), cfg.interpolation, tuple(mean), tuple(std), normalize, channels_last)
 
 
-def image_transform(image_column: str, label_column: str):
+def image_transform(image_column: str, label_column: str | None = None):
     """A batched `with_transform` function: uint8 RGB tensors at native size, for `Preprocess` on the device."""
 
     def transform(batch: dict) -> dict:
-        return {"images": [to_uint8(img) for img in batch[image_column]], "labels": batch[label_column]}
+        images = {"images": [to_uint8(img) for img in batch[image_column]]}
+        return {**images, "labels": batch[label_column]} if label_column else images
 
     return transform
 
@@ -182,10 +183,10 @@ def collate_images(examples: list[dict]) -> dict[str, Any]:
     """uint8 images stacked when they share a size (the usual case), else kept as a list."""
     images = [e["images"] for e in examples]
     same_size = all(image.shape == images[0].shape for image in images)
-    return {
-        "images": torch.stack(images) if same_size else images,
-        "labels": torch.tensor([e["labels"] for e in examples]),
-    }
+    batch = {"images": torch.stack(images) if same_size else images}
+    if "labels" in examples[0]:
+        batch["labels"] = torch.tensor([e["labels"] for e in examples])
+    return batch
 
 
 def make_transform(processor: Any, cfg: DataSection, train: bool, image_column: str, label_column: str):

@@ -32,7 +32,7 @@ from hf_tl.errors import DataError, cli
 from hf_tl.image_check import drop_or_refuse_bad_images
 from hf_tl.metrics import full_metrics
 from hf_tl.plots import CONFUSION_FILE, confusion_matrix
-from hf_tl.preprocess import Preprocess
+from hf_tl.preprocess import Preprocess, to_device
 from hf_tl.recipe import DataSection, ModelSection, option, same_option
 from hf_tl.rundir import MODEL_DIR, write_json
 
@@ -241,9 +241,7 @@ def _predict(
     started = time.perf_counter()
     with torch.inference_mode(), tqdm(total=len(dataset), unit="img", desc="evaluating", file=sys.stderr) as bar:
         for batch in loader:
-            images = batch["images"]
-            images = images.to(device) if isinstance(images, torch.Tensor) else [i.to(device) for i in images]
-            out = model(pixel_values=preprocess(images))
+            out = model(pixel_values=preprocess(to_device(batch["images"], device)))
             logits.append(out.logits.float().cpu().numpy())
             references.append(batch["labels"].numpy())
             bar.update(len(batch["labels"]))

@@ -37,6 +37,7 @@ from hf_tl.data import Splits, collate_images, image_transform
 from hf_tl.environment import library_versions, process_state
 from hf_tl.errors import HfTlError
 from hf_tl.prefix_split import NotCacheable, Split, plan, random_in_training, stochastic_prefix
+from hf_tl.preprocess import to_device
 from hf_tl.recipe import Recipe
 from hf_tl.rundir import sync_tree
 from hf_tl.trainer import disk_full
@@ -157,7 +158,7 @@ def _split(trainer: Any, recipe: Recipe, splits: Splits) -> Split:
     device = trainer.args.device
 
     def pixels(n: int) -> torch.Tensor:
-        return trainer.preprocess(_to(batch["images"][:n], device))
+        return trainer.preprocess(to_device(batch["images"][:n], device))
 
     split = plan(trainer.model, pixels)
     split.verify(trainer.model, pixels(PROBE_IMAGES))
@@ -179,7 +180,7 @@ def _store(trainer: Any, recipe: Recipe, splits: Splits, split: Split) -> tuple[
     rows = views * len(splits.train) + len(splits.eval)
     dtype = _dtype(recipe, trainer.args.device)
     shapes = [split.inputs[e].leaves[i].shape[1:] for e, i in split.batched_inputs]
-    needed = rows * sum(torch.Size(s).numel() for s in shapes) * torch.tensor([], dtype=dtype).element_size()
+    needed = sum(_nbytes(rows, s, dtype) for s in shapes)
     location = _location(recipe.training.cache_storage, needed, trainer.args.device)
     if location != "disk":
         device = trainer.args.device if location == "accelerator" else torch.device("cpu")
@@ -307,7 +308,7 @@ def _build_on_disk(folder: Path, key: dict, rows: int, shapes: list, dtype, trai
     try:
         paths = [partial / f"part{i}.bin" for i in range(len(shapes))]
         for path, shape in zip(paths, shapes, strict=True):
-            _allocate(path, rows * torch.Size(shape).numel() * torch.tensor([], dtype=dtype).element_size())
+            _allocate(path, _nbytes(rows, shape, dtype))
         store = [_mapped(path, rows, s, dtype, shared=True) for path, s in zip(paths, shapes, strict=True)]
         _fill(store, trainer, recipe, splits, split)
         del store
@@ -318,8 +319,9 @@ def _build_on_disk(folder: Path, key: dict, rows: int, shapes: list, dtype, trai
     except OSError as e:
         shutil.rmtree(partial, ignore_errors=True)
         if disk_full(e, folder.parent):
+            gigabytes = sum(_nbytes(rows, s, dtype) for s in shapes) / 2**30
             raise HfTlError(
-                f"the disk is full: the feature cache needs {_gigabytes(rows, shapes, dtype):.1f} GB under "
+                f"the disk is full: the feature cache needs {gigabytes:.1f} GB under "
                 f"{folder.parent}. Free some space, point HF_TL_CACHE at a larger disk, or set "
                 "training.cache_storage=memory (or training.cache_features=false)."
             ) from None
@@ -335,14 +337,15 @@ def _allocate(path: Path, size: int) -> None:
         os.posix_fallocate(f.fileno(), 0, size)
 
 
-def _gigabytes(rows: int, shapes: list, dtype: torch.dtype) -> float:
-    return rows * sum(torch.Size(s).numel() for s in shapes) * torch.tensor([], dtype=dtype).element_size() / 2**30
+def _nbytes(rows: int, shape, dtype: torch.dtype) -> int:
+    """The size of one stored tensor: `rows` rows of `shape`."""
+    return rows * torch.Size(shape).numel() * torch.tensor([], dtype=dtype).element_size()
 
 
 def _mapped(path: Path, rows: int, shape, dtype: torch.dtype, shared: bool) -> torch.Tensor:
-    count = rows * torch.Size(shape).numel()
-    if not shared and path.stat().st_size != count * torch.tensor([], dtype=dtype).element_size():
+    if not shared and path.stat().st_size != _nbytes(rows, shape, dtype):
         raise OSError(f"{path} has the wrong size")
+    count = rows * torch.Size(shape).numel()
     return torch.from_file(str(path), shared=shared, size=count, dtype=dtype).view(rows, *shape)
 
 
@@ -362,7 +365,7 @@ def _fill(store: list[torch.Tensor], trainer, recipe: Recipe, splits: Splits, sp
         for name, dataset, mirrored in passes:
             loader = _loader(dataset, splits, batch_size, trainer.args.dataloader_num_workers)
             for batch in tqdm(loader, desc=f"hf_tl: caching frozen features ({name})", leave=False):
-                images = _to(batch["images"], device)
+                images = to_device(batch["images"], device)
                 count = len(images)
                 flips = torch.ones(count, dtype=torch.bool) if mirrored else None
                 with torch.inference_mode(), torch.autocast(device.type, autocast, enabled=autocast != torch.float32):
@@ -377,12 +380,6 @@ def _fill(store: list[torch.Tensor], trainer, recipe: Recipe, splits: Splits, sp
 def _loader(dataset: Dataset, splits: Splits, batch_size: int, workers: int) -> DataLoader:
     images = dataset.with_transform(image_transform(splits.image_column, splits.label_column))
     return DataLoader(images, batch_size=batch_size, collate_fn=collate_images, num_workers=workers)
-
-
-def _to(images: torch.Tensor | list[torch.Tensor], device: torch.device) -> torch.Tensor | list[torch.Tensor]:
-    if isinstance(images, torch.Tensor):
-        return images.to(device, non_blocking=True)
-    return [image.to(device, non_blocking=True) for image in images]
 
 
 def _say(message: str) -> None:

@@ -96,6 +96,13 @@ def draw_flips(batch_size: int) -> torch.Tensor:
     return torch.rand(batch_size) < 0.5
 
 
+def to_device(images: torch.Tensor | list[torch.Tensor], device: torch.device) -> torch.Tensor | list[torch.Tensor]:
+    """A stacked uint8 batch, or a list of images of different sizes, onto `device`."""
+    if isinstance(images, torch.Tensor):
+        return images.to(device, non_blocking=True)
+    return [image.to(device, non_blocking=True) for image in images]
+
+
 def to_uint8(image: Any) -> torch.Tensor:
     """A PIL image of any mode as a (3, h, w) uint8 RGB tensor (alpha dropped, grey repeated)."""
     return TF.pil_to_tensor(image.convert("RGB"))

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from hf_tl.analysis.cka import MIN_BATCH, MinibatchCKA
 from hf_tl.analysis.layers import GramTaps, Tap
+from hf_tl.preprocess import to_device
 
 
 @dataclass
@@ -67,7 +68,3 @@ def layer_cka(
 def _grams(backbone: Backbone, taps: GramTaps, images: Tensor | list[Tensor]) -> list[Tensor]:
     backbone.model(pixel_values=backbone.preprocess(images))
     return taps.take()
-
-
-def to_device(images: Tensor | list[Tensor], device: torch.device) -> Tensor | list[Tensor]:
-    return images.to(device) if isinstance(images, Tensor) else [image.to(device) for image in images]
