@@ -32,7 +32,14 @@ from hf_tl.analysis.figures import attention_distance_plot, cka_heatmap
 from hf_tl.analysis.layers import LAYER_CHOICES, Tap
 from hf_tl.analysis.tokens import TOKEN_MODES
 from hf_tl.backbones import load_model, load_processor
-from hf_tl.command_line import default_device, parse_key_values, resolve_model, slug
+from hf_tl.command_line import (
+    command_help,
+    parse_key_values,
+    resolve_device,
+    resolve_model,
+    slug,
+    wants_help,
+)
 from hf_tl.data import (
     collate_images,
     detect_image_column,
@@ -40,12 +47,13 @@ from hf_tl.data import (
     input_size,
     loader_workers,
     open_dataset,
-    preprocess_for,
 )
 from hf_tl.environment import library_versions
 from hf_tl.errors import DataError, RecipeError, cli
 from hf_tl.image_check import drop_or_refuse_bad_images
+from hf_tl.paths import check_output_folder
 from hf_tl.preprocess import Preprocess, to_device
+from hf_tl.processors import INTERPOLATION_CHOICES, preprocess_of
 from hf_tl.recipe import DataSection, ModelSection, did_you_mean, option, same_option
 from hf_tl.rundir import write_json, written_atomically
 
@@ -67,7 +75,9 @@ class DataArgs:
     config_name: Optional[str] = same_option(DataSection, "config_name")
     image_column: Optional[str] = same_option(DataSection, "image_column")
     seed: int = option(0, "Seed of the shuffle that picks the examples (and mixes classes within each minibatch).")
-    interpolation: str = same_option(DataSection, "interpolation")
+    interpolation: Optional[str] = option(
+        None, "Resize filter; default each checkpoint's own, as its image processor says.", INTERPOLATION_CHOICES
+    )
     num_workers: Optional[int] = same_option(DataSection, "num_workers")
     on_bad_image: str = same_option(DataSection, "on_bad_image")
     device: Optional[str] = option(None, "cpu, cuda, cuda:1, ...; default: the accelerator if there is one.")
@@ -105,7 +115,8 @@ def run_cka(args: CkaArgs) -> dict:
     args.model_a = resolve_model(args.model_a)
     args.model_b = resolve_model(args.model_b) if args.model_b else args.model_a
     same = args.model_b == args.model_a
-    device = _device(args)
+    device = resolve_device(args.device)
+    output = _output(args, [args.model_a, args.model_b])
     backbones = [_backbone(f"model_a={args.model_a}", args.model_a, args, device)]
     if not same:
         backbones.append(_backbone(f"model_b={args.model_b}", args.model_b, args, device))
@@ -115,7 +126,6 @@ def run_cka(args: CkaArgs) -> dict:
         images = (batch["images"] for batch in _loader(dataset, image_column, args))
         found = layer_cka(backbones, images, args.layers, args.tokens, device, bar.update)
     seconds = time.perf_counter() - started
-    output = Path(args.out) if args.out else _default_output([args.model_a, args.model_b], args.dataset)
     result = {
         "model_a": args.model_a,
         "model_b": args.model_b,
@@ -163,7 +173,8 @@ def _write_cka(found: LayerCKA, result: dict, output: Path, args: CkaArgs) -> No
 def run_attention_distance(args: DistanceArgs) -> dict:
     """Mean attention distance of every head of every layer, averaged over the images; write JSON and the plot."""
     args.model = resolve_model(args.model)
-    device = _device(args)
+    device = resolve_device(args.device)
+    output = _output(args, [args.model])
     model, processor = _load(args.model, args, device)
     size = input_size(processor)
     measure = AttentionDistance(model, size)
@@ -175,7 +186,6 @@ def run_attention_distance(args: DistanceArgs) -> dict:
                 measure.add(preprocess(to_device(batch["images"], device)))
                 bar.update(len(batch["images"]))
     distances = measure.result()
-    output = Path(args.out) if args.out else _default_output([args.model], args.dataset)
     result = {
         "model": args.model,
         "dataset": args.dataset,
@@ -247,7 +257,7 @@ def _loader(dataset: Dataset, image_column: str, args: DataArgs) -> DataLoader:
 
 
 def _preprocess(processor: object, args: DataArgs) -> Preprocess:
-    return preprocess_for(processor, DataSection(dataset=args.dataset, interpolation=args.interpolation))
+    return preprocess_of(processor, args.interpolation)  # what the checkpoint's processor does at inference
 
 
 def _used(count: int, batch_size: int) -> int:
@@ -264,8 +274,9 @@ def _warn_undefined(matrix: np.ndarray, names_a: list[str], names_b: list[str]) 
         print(f"warning: CKA is undefined (null) for layers that do not vary across these images: {undefined}")
 
 
-def _device(args: DataArgs) -> torch.device:
-    return torch.device(args.device) if args.device else default_device()
+def _output(args: DataArgs, models: list[str]) -> Path:
+    """The output folder, checked before any work: out=, or analysis/<model(s)>__<dataset>/."""
+    return check_output_folder(Path(args.out) if args.out else _default_output(models, args.dataset), "out")
 
 
 def _default_output(models: list[str], dataset: str) -> Path:
@@ -285,6 +296,10 @@ def _short(model: str) -> str:
 @cli
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv):
+        chosen = [c for c in COMMANDS if argv[0] == c] if argv else []
+        print(command_help(__doc__, [(f"{c} keys", COMMANDS[c], "") for c in chosen or COMMANDS]))
+        return
     if not argv or argv[0] not in COMMANDS:
         given = f"'{argv[0]}'" if argv else "nothing"
         hint = did_you_mean(argv[0], COMMANDS) if argv else ""

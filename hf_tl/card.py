@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import shlex
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,12 +23,12 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from hf_tl.blocks import family_of
+from hf_tl.data import VALIDATION, is_held_out
 from hf_tl.errors import HfTlError
 from hf_tl.plots import CURVES_FILE, training_curves
 from hf_tl.resources import model_card_template
-from hf_tl.rundir import LOG_HISTORY_FILE, METRICS_FILE, MODEL_DIR, RECIPE_FILE, write_text
+from hf_tl.rundir import CARD_FILE, LOG_HISTORY_FILE, METRICS_FILE, MODEL_DIR, RECIPE_FILE, write_text
 
-CARD_FILE = "README.md"
 TASK = "image-classification"
 # metrics.json key -> the Hub's metric type, its display name, its arguments
 HUB_METRICS = {
@@ -132,6 +133,7 @@ def render_card(run_dir: Path, repo_id: str | None = None) -> ModelCard:
         "usage": _usage(ref, mlp),
         "model_ref": ref,
         "trust_flag": " trust_remote_code=true" if mlp else "",
+        "eval_args": _eval_args(metrics, data.get("config_name")),
         "versions": esc(", ".join(f"{k} {v}" for k, v in metrics.get("versions", {}).items())),
     }
     return ModelCard.from_template(card_data, template_path=str(model_card_template()), **context)
@@ -255,14 +257,11 @@ def _base_license(name: str, revision: str | None) -> str | None:
 
 def _result_rows(metrics: dict) -> list[dict]:
     rows = []
+    train = metrics["train"] or {}  # None: training.train_metrics=false
     for key, (_, name, _) in HUB_METRICS.items():
         if key in metrics["eval"]:
-            rows.append(
-                {"name": name, "eval": _number(metrics["eval"][key]), "train": _number(metrics["train"].get(key))}
-            )
-    rows.append(
-        {"name": "Loss", "eval": _number(metrics["eval"].get("loss")), "train": _number(metrics["train"].get("loss"))}
-    )
+            rows.append({"name": name, "eval": _number(metrics["eval"][key]), "train": _number(train.get(key))})
+    rows.append({"name": "Loss", "eval": _number(metrics["eval"].get("loss")), "train": _number(train.get("loss"))})
     return rows
 
 
@@ -323,7 +322,7 @@ def _epoch_rows(timings: dict, history: list[dict]) -> list[dict]:
 
 
 def _per_class_rows(metrics: dict) -> list[dict]:
-    train = metrics["train"].get("per_class_accuracy", {})
+    train = (metrics["train"] or {}).get("per_class_accuracy", {})
     return [
         {"label": esc(label), "eval": _number(value), "train": _number(train.get(label))}
         for label, value in metrics["eval"]["per_class_accuracy"].items()
@@ -342,6 +341,16 @@ def _reproduce(repo_id: str | None, num_processes: int) -> str:
         "# recipe.yaml is in this repository\n"
         f"{launch} -m hf_tl.train recipe=recipe.yaml output.dir=runs/reproduced hub.push=false"
     )
+
+
+def _eval_args(metrics: dict, config_name: str | None) -> str:
+    """hf_tl.eval's dataset and split for the results this card records: the recipe names the dataset, and
+    a split the run held out of train is `validation`, which hf_tl.eval carves again."""
+    split = metrics["eval_split"]
+    words = [f"dataset={metrics['dataset']}"] if is_hub_id(metrics["dataset"]) else []
+    words += [f"config_name={config_name}"] if config_name and words else []
+    words.append(f"split={VALIDATION if is_held_out(split) else split}")
+    return shlex.join(words)
 
 
 def _usage(ref: str, mlp: bool) -> str:

@@ -14,6 +14,7 @@ conversion and normalisation are one multiply and one subtract at the output siz
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,18 +22,25 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
+from transformers.image_transforms import convert_to_rgb
 
 INTERPOLATIONS = {
     "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC,
-    "nearest": InterpolationMode.NEAREST,
+    "nearest": InterpolationMode.NEAREST_EXACT,  # PIL's NEAREST, which processors use; NEAREST is torch's legacy
 }
 FLIP_COMMUTES_WITH_RESIZE = ("bilinear", "bicubic")  # mirror-symmetric kernels
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """The model's input size, resize filter and normalisation; `flips` (one bool per image) mirrors."""
+    """The model's input size, resize filter and normalisation; `flips` (one bool per image) mirrors.
+
+    `resize` says how an image reaches `size`: None straight to it (training's 32->224 upscaling);
+    (h, w) to that size, then a centre crop to `size`; an int scales the shorter side to it, keeping
+    the aspect ratio, then centre-crops. `crop_offset` is how an odd margin is split: transformers'
+    processors floor it, torchvision (timm) rounds it.
+    """
 
     size: tuple[int, int]
     interpolation: str
@@ -40,17 +48,22 @@ class Preprocess:
     std: tuple[float, ...]
     normalize: bool = True
     channels_last: bool = False
+    resize: tuple[int, int] | int | None = None
+    crop_offset: str = "floor"
 
     def __call__(self, images: torch.Tensor | list[torch.Tensor], flips: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 images (B, 3, h, w), or a list of (3, h, w) of different sizes, to float pixel values."""
         if isinstance(images, (list, tuple)):
             single = [self(image[None], None if flips is None else flips[i : i + 1]) for i, image in enumerate(images)]
             return torch.cat(single)
-        early = self.interpolation in FLIP_COMMUTES_WITH_RESIZE
+        early = self.interpolation in FLIP_COMMUTES_WITH_RESIZE and self.resize is None  # a crop may not commute
         if flips is not None and early:
             images = _flip(images, flips)
-        if tuple(images.shape[-2:]) != self.size:
-            images = self._resize(images)
+        target = self.resized_size(tuple(images.shape[-2:]))
+        if tuple(images.shape[-2:]) != target:
+            images = self._resize(images, target)
+        if target != self.size:
+            images = self._centre_crop(images)
         if flips is not None and not early:
             images = _flip(images, flips)
         if self.channels_last:
@@ -64,7 +77,18 @@ class Preprocess:
             pixels = pixels.div_(255)
         return pixels
 
-    def _resize(self, images: torch.Tensor) -> torch.Tensor:
+    def resized_size(self, source: tuple[int, int]) -> tuple[int, int]:
+        """The size an image of `source` (h, w) is resized to, before any crop (torchvision's arithmetic)."""
+        if self.resize is None:
+            return self.size
+        if isinstance(self.resize, tuple):
+            return self.resize
+        height, width = source
+        short, long = sorted((height, width))
+        long = int(self.resize * long / short)
+        return (self.resize, long) if height <= width else (long, self.resize)
+
+    def _resize(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """torchvision's antialiased resize of uint8 images; on a CPU, its uint8 kernel called directly.
 
         torchvision runs that kernel on channels_last input and converts back; keeping channels_last
@@ -72,18 +96,30 @@ class Preprocess:
         """
         if images.device.type == "cpu" and self.interpolation in FLIP_COMMUTES_WITH_RESIZE:
             channels_last = images.contiguous(memory_format=torch.channels_last)
-            resized = F.interpolate(channels_last, size=self.size, mode=self.interpolation, antialias=True)
+            resized = F.interpolate(channels_last, size=size, mode=self.interpolation, antialias=True)
             return resized.contiguous()  # uint8: a quarter of the float's bytes, and float ops run fastest contiguous
-        return TF.resize(images, list(self.size), INTERPOLATIONS[self.interpolation], antialias=True)
+        return TF.resize(images, list(size), INTERPOLATIONS[self.interpolation], antialias=True)
+
+    def _centre_crop(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        if height < self.size[0] or width < self.size[1]:
+            raise ValueError(f"cannot centre-crop {height}x{width} to {self.size[0]}x{self.size[1]}")
+        split = math.floor if self.crop_offset == "floor" else round
+        top, left = int(split((height - self.size[0]) / 2)), int(split((width - self.size[1]) / 2))
+        return images[..., top : top + self.size[0], left : left + self.size[1]]
 
     def key(self) -> dict[str, Any]:
         """What a cached feature depends on (the feature cache's key)."""
-        return {
+        key = {
             "size": list(self.size),
             "interpolation": self.interpolation,
             "mean": list(self.mean) if self.normalize else None,
             "std": list(self.std) if self.normalize else None,
         }
+        if self.resize is not None:
+            key["resize"] = list(self.resize) if isinstance(self.resize, tuple) else self.resize
+            key["crop_offset"] = self.crop_offset
+        return key
 
 
 def draw_flips(batch_size: int) -> torch.Tensor:
@@ -104,7 +140,11 @@ def to_device(images: torch.Tensor | list[torch.Tensor], device: torch.device) -
 
 
 def to_uint8(image: Any) -> torch.Tensor:
-    """A PIL image of any mode as a (3, h, w) uint8 RGB tensor (alpha dropped, grey repeated)."""
+    """A PIL image of any mode as a (3, h, w) uint8 RGB tensor, grey repeated and transparency composited onto
+    white: what transformers' processors do (`convert_to_rgb`), so the processor saved with a model sees the
+    pixels training saw (a plain `convert("RGB")` would keep the colour under transparent pixels)."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        return torch.from_numpy(convert_to_rgb(image, return_numpy=True)).permute(2, 0, 1).contiguous()
     return TF.pil_to_tensor(image.convert("RGB"))
 
 
