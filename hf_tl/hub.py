@@ -1,7 +1,7 @@
 """The Hub, both ways: push a run folder in one commit, download a published checkpoint.
 
 - The token comes from HF_TOKEN or the login cache (huggingface_hub's own lookup). It is
-  never written, logged or shown: every error message that leaves this module is scrubbed.
+  never written, logged or shown: messages are scrubbed (errors.scrub), here and again by `errors.cli`.
 - Transient failures (connection errors, 408/429/5xx) are retried with exponential back-off.
   A push only reads the run folder (only a missing README.md or curve PNG is rendered into it
   first), so a failed push leaves it as it was and the same command can simply run again.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -32,7 +31,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import get_token, validate_repo_id
 
 from hf_tl.card import CARD_FILE, render_card, write_card
-from hf_tl.errors import HfTlError
+from hf_tl.errors import HfTlError, brief, scrub
 from hf_tl.plots import CURVES_FILE, training_curves
 from hf_tl.rundir import ADAPTER_DIR, LOG_HISTORY_FILE, METRICS_FILE, MODEL_DIR, RECIPE_FILE
 
@@ -41,7 +40,6 @@ TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 TOKEN_HELP = (
     "Set HF_TOKEN to a token with write access (https://huggingface.co/settings/tokens) or run `hf auth login`."
 )
-_TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{8,}")
 _T = TypeVar("_T")
 
 
@@ -167,8 +165,7 @@ def with_retries(call: Callable[[], _T], what: str, retries: int, backoff: float
                 raise
             wait = min(backoff * 2**attempt, 30.0)
             print(
-                f"hf_tl: {what} failed ({scrub(_first_line(e), token)}); "
-                f"retry {attempt + 1} of {retries} in {wait:g} s",
+                f"hf_tl: {what} failed ({scrub(brief(e), token)}); retry {attempt + 1} of {retries} in {wait:g} s",
                 file=sys.stderr,
                 flush=True,
             )
@@ -182,13 +179,6 @@ def is_transient(error: Exception) -> bool:
         return error.response.status_code in TRANSIENT_STATUS
     names = {cls.__name__ for cls in type(error).__mro__}
     return bool(names & {"ConnectionError", "TimeoutError", "TimeoutException", "NetworkError", "RemoteProtocolError"})
-
-
-def scrub(text: str, token: str | None) -> str:
-    """`text` without the token, nor anything shaped like a Hugging Face token."""
-    if token:
-        text = text.replace(token, "***")
-    return _TOKEN_LIKE.sub("hf_***", text)
 
 
 def _card_for(run_dir: Path, repo_id: str) -> str | None:
@@ -207,7 +197,7 @@ def _card_for(run_dir: Path, repo_id: str) -> str | None:
 def _user_error(error: Exception, token: str | None, repo_id: str, again: str, pushing: bool = True) -> Exception:
     """A message that says what went wrong and what to do, without the token."""
     status = getattr(getattr(error, "response", None), "status_code", None)
-    detail = scrub(_first_line(error), token)
+    detail = scrub(brief(error), token)
     if not pushing and status in (401, 403, 404):  # the Hub answers 401 to anonymous requests for unknown repos
         message = (
             f"repository {repo_id} was not found, or is private and "
@@ -235,8 +225,3 @@ def _user_error(error: Exception, token: str | None, repo_id: str, again: str, p
     else:  # not a user error, but its message must not carry the token either
         return RuntimeError(scrub(f"{type(error).__name__}: {error}", token))
     return HfTlError(f"{message}\n  {again}" if again else message)
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return " ".join(lines[:3]) if lines else type(error).__name__

@@ -13,7 +13,9 @@ huggingface_hub's hf_api.py and _commit_api.py):
 - GET  /api/agent-harnesses                        the registry huggingface_hub fetches once for its user agent
 
 and keeps what it receives: repositories, their commits and files, and every request's method, path and status.
-`fail_commits=N` answers the first N commits with 503; `refuse_token=True` answers everything with the Hub's 401.
+`fail_commits=N` answers the first N commits with 503; `refuse_token=True` answers everything with the Hub's 401,
+which echoes the Authorization header. A HEAD request (how huggingface_hub looks a file up before a download)
+gets the status and headers alone.
 Anything else gets a 404 and is recorded in `unexpected`.
 """
 
@@ -202,7 +204,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self.send_header(key, value)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            if self.command != "HEAD":  # a HEAD answer is the headers alone (huggingface_hub reads its metadata so)
+                self.wfile.write(payload)
 
         def _body(self) -> bytes:
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -214,7 +217,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return b"".join(chunks)
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-        do_GET = do_POST = do_PUT = _serve
+        do_GET = do_HEAD = do_POST = do_PUT = _serve
 
         def log_message(self, *args) -> None:  # quiet: the test asserts on hub.requests instead
             pass

@@ -1,0 +1,24 @@
+"""Where a command writes: checked before any work, so that no work is lost to a path that cannot be written.
+
+Kept apart from command_line.py, which imports torch: `python -m hf_tl.recipes copy` must stay quick.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hf_tl.errors import HfTlError
+
+
+def check_output_folder(path: Path, key: str) -> Path:
+    """An output folder that can be made or added to: neither it nor any folder above it is a file, or a link
+    to nothing."""
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.is_dir():
+            return path
+        if part.exists() or part.is_symlink():
+            raise HfTlError(
+                f"{key}={path}: {part} exists and is not a folder. Give a folder to write into (new, or existing)."
+            )
+    return path
