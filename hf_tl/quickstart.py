@@ -1,9 +1,11 @@
-"""Rebuild the embedded quickstart: digits data and a tiny ViT pretrained on digits 0-4.
+"""`python -m hf_tl.quickstart out=DIR`: rebuild the quickstart's data and backbone into the folder DIR.
 
-`python -m hf_tl.quickstart` (needs scikit-learn, from the `dev` extra) rewrites
-hf_tl/assets/quickstart/. The backbone is pretrained by hf_tl itself (strategy `full`,
-weights from scratch) on digits 0-4; the `quickstart` recipe then fine-tunes its last
-block on digits 5-9, a real transfer to classes it has never seen.
+Writes DIR/backbone, a tiny ViT that hf_tl pretrains itself (strategy `full`, weights from scratch) on
+scikit-learn's digits 0-4, and DIR/digits-5-9, the data the `quickstart` recipe fine-tunes its last block
+on: a real transfer to classes the backbone has never seen. These are the assets shipped in
+hf_tl/assets/quickstart/; the command never writes into the installed package, and replaces nothing in DIR
+but those two folders. Needs scikit-learn (the `dev` extra). Train on the rebuilt assets with
+`python -m hf_tl.train recipe=quickstart model.name=DIR/backbone data.dataset=DIR/digits-5-9`.
 """
 
 from __future__ import annotations
@@ -11,16 +13,23 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from datasets import ClassLabel, Dataset, Features, Image
+from omegaconf import MISSING
 from PIL import Image as PILImage
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-from hf_tl.recipe import DataSection, ModelSection, OutputSection, Recipe, StrategySection, TrainingSection
+from hf_tl.command_line import command_help, parse_key_values, wants_help
+from hf_tl.errors import cli
+from hf_tl.recipe import DataSection, ModelSection, OutputSection, Recipe, StrategySection, TrainingSection, option
+from hf_tl.rundir import MODEL_DIR, check_writable, replaced_atomically
 
-ASSETS = Path(__file__).parent / "assets" / "quickstart"
+ASSETS = Path(__file__).parent / "assets" / "quickstart"  # the shipped copy, which this never writes
+BACKBONE_DIR = "backbone"
+FINETUNE_DIR = "digits-5-9"
 PRETRAIN_DIGITS = (0, 1, 2, 3, 4)
 FINETUNE_DIGITS = (5, 6, 7, 8, 9)
 TINY_VIT = dict(
@@ -32,6 +41,15 @@ TINY_VIT = dict(
     num_attention_heads=4,
     intermediate_size=128,
 )
+
+
+@dataclass
+class QuickstartArgs:
+    out: str = option(
+        MISSING,
+        f"Folder to write {BACKBONE_DIR}/ and {FINETUNE_DIR}/ into (made if need be; anything else in it is left "
+        "alone). Not inside the installed hf_tl package.",
+    )
 
 
 def digits_dataset(classes: tuple[int, ...], per_class: int | None = None, label_format: str = "{}") -> Dataset:
@@ -66,13 +84,16 @@ def pretrain_recipe(init_dir: Path, data_dir: Path, run_dir: Path) -> Recipe:
         strategy=StrategySection(kind="full"),
         data=DataSection(dataset=str(data_dir), val_fraction=0.1),
         training=TrainingSection(epochs=40, batch_size=32, lr=1e-3, weight_decay=0.05, warmup_ratio=0.05, seed=0),
-        output=OutputSection(dir=str(run_dir), overwrite=True),
+        output=OutputSection(dir=str(run_dir)),
     )
 
 
-def build(assets: Path = ASSETS) -> None:
+def build(out: Path) -> None:
+    """Pretrain the backbone in a temporary folder, then replace out/backbone and out/digits-5-9, each whole."""
     from hf_tl.train import run
 
+    out = Path(out)
+    check_writable(out, "out", "quickstart-assets")  # refuses the installed package too
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         init_dir = tmp / "init"
@@ -80,11 +101,26 @@ def build(assets: Path = ASSETS) -> None:
         ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(init_dir)
         write_dataset(digits_dataset(PRETRAIN_DIGITS), tmp / "digits-0-4")
         run_dir = run(pretrain_recipe(init_dir, tmp / "digits-0-4", tmp / "run"))
-        shutil.rmtree(assets, ignore_errors=True)
-        shutil.copytree(run_dir / "model", assets / "backbone", ignore=shutil.ignore_patterns("training_args.bin"))
-        write_dataset(digits_dataset(FINETUNE_DIGITS), assets / "digits-5-9")
-    print(f"wrote {assets}", file=sys.stderr)
+        with replaced_atomically(out / BACKBONE_DIR) as backbone:
+            ignore = shutil.ignore_patterns("training_args.bin")
+            shutil.copytree(run_dir / MODEL_DIR, backbone, ignore=ignore, dirs_exist_ok=True)
+        with replaced_atomically(out / FINETUNE_DIR) as finetune:
+            write_dataset(digits_dataset(FINETUNE_DIGITS), finetune)
+    print(
+        f"wrote {out / BACKBONE_DIR} and {out / FINETUNE_DIR}. Train on them: python -m hf_tl.train "
+        f"recipe=quickstart model.name={out / BACKBONE_DIR} data.dataset={out / FINETUNE_DIR}",
+        file=sys.stderr,
+    )
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv):
+        print(command_help(__doc__, [("keys", QuickstartArgs, "")]))
+        return
+    build(Path(parse_key_values(QuickstartArgs, argv).out))
 
 
 if __name__ == "__main__":
-    build()
+    main()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ SCHEDULERS = (
     "reduce_lr_on_plateau",
     "cosine_with_min_lr",
 )
+NO_WARMUP = ("constant", "reduce_lr_on_plateau")  # schedulers that ignore warmup_ratio
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "adafactor")
 SWITCHES = ("auto", "true", "false")
 STRATEGIES = ("full", "linear_probe", "last_block", "last_k", "lora", "bitfit", "custom")
@@ -131,14 +133,23 @@ class TrainingSection:
         "auto",
         "Compute the frozen prefix (all before the first trainable block) once and train the rest on its output. "
         "'auto': where that is exact (linear_probe, last_block, last_k, custom with a frozen prefix, and no dropout "
-        "in the prefix); 'true': wherever possible, else an error; 'false': never.",
+        "in the prefix) and saves work in the run or reuses a stored cache; 'true': wherever possible, else an "
+        "error; 'false': never.",
         SWITCHES,
     )
     cache_storage: str = option(
         "auto",
-        "Where cached features live: 'auto' keeps them in memory when they fit in half the free memory, else on "
-        "disk (memory-mapped, under $HF_TL_CACHE, reused by later runs with the same key).",
+        "Where cached features live: 'auto' reuses a store on disk with the same key, else keeps them on the "
+        "accelerator or in memory when they take under a quarter of its total memory, else on disk (memory-mapped, "
+        "under $HF_TL_CACHE, reused by later runs with the same key); a store that took long to build in memory is "
+        "also written there. 'memory' never touches the disk.",
         ("auto", "memory", "disk"),
+    )
+    train_metrics: bool = option(
+        True,
+        "After training, score the training images the run drew (all, unless it stopped inside its first epoch) "
+        "for metrics.json's 'train', the card's train column and hf_tl.report's train accuracy: one inference pass "
+        "over them. false skips it ('train' is null).",
     )
     channels_last: str = option(
         "auto", "channels_last memory format; 'auto': for convolutional networks on an accelerator.", SWITCHES
@@ -161,7 +172,11 @@ class HubSection:
 @dataclass
 class OutputSection:
     dir: Optional[str] = option(None, "Run folder; default runs/<recipe>-<timestamp>.")
-    overwrite: bool = option(False, "Empty an existing run folder first (default: resume a run of the same recipe).")
+    overwrite: bool = option(
+        False,
+        "Train again over the run in output.dir: its files (only hf_tl's) are set aside, and removed once this run "
+        "saves its first checkpoint. Default: the same recipe resumes, or is reported complete.",
+    )
 
 
 @dataclass
@@ -323,7 +338,7 @@ def check_options(obj: Any, prefix: str = "", what: str = "recipe key") -> None:
         value = getattr(obj, f.name)
         key = f"{prefix}{f.name}"
         choices, low = f.metadata.get("choices"), f.metadata.get("min")
-        if choices and value not in choices:
+        if choices and value is not None and value not in choices:  # None: an Optional left unset
             raise RecipeError(
                 f"{what} '{key}' got '{value}', which is not one of: {', '.join(choices)}."
                 f"{did_you_mean(str(value), choices)}"
@@ -354,6 +369,79 @@ def _check_values(recipe: Recipe) -> None:
             raise RecipeError(f"recipe key 'data.{key}' got {values}; it must be {rule}, one per RGB channel.")
     if recipe.hub.push and not recipe.hub.repo_id:
         raise RecipeError("hub.push=true needs hub.repo_id=user/name.")
+    _check_something_trains(recipe.training)
+    check_scheduler_kwargs(recipe.training)
+
+
+def _check_something_trains(t: TrainingSection) -> None:
+    """A run that would take no optimizer step at a learning rate above 0 is refused before any work."""
+    if t.max_steps == 0:
+        raise RecipeError(
+            "recipe key 'training.max_steps' got 0: nothing would train. Set a number of steps, "
+            "or training.max_steps=-1 to train for training.epochs."
+        )
+    if t.max_steps < 0 and t.epochs == 0:
+        raise RecipeError(
+            "recipe key 'training.epochs' got 0: nothing would train. Set training.epochs above 0 "
+            "(e.g. training.epochs=1), or a number of steps with training.max_steps."
+        )
+    if t.max_steps > 0:
+        check_steps_train(t, t.max_steps, f"training.max_steps={t.max_steps}")
+
+
+def warmup_steps(t: TrainingSection, total_steps: int) -> int:
+    """Optimizer steps spent warming up from learning rate 0, counted as transformers counts them."""
+    if t.scheduler in NO_WARMUP or t.warmup_ratio == 0:
+        return 0
+    return math.ceil(total_steps * t.warmup_ratio)
+
+
+def check_steps_train(t: TrainingSection, total_steps: int, why: str) -> None:
+    """The warm-up's first step is at learning rate 0: a run of that one step alone trains nothing."""
+    if total_steps - min(warmup_steps(t, total_steps), 1) <= 0:
+        raise RecipeError(
+            f"training would take {total_steps} optimizer step ({why}), and with training.warmup_ratio="
+            f"{t.warmup_ratio} that step is the warm-up's first, at learning rate 0: nothing would train. "
+            "Set training.warmup_ratio=0, or train for more steps."
+        )
+
+
+# get_scheduler builds these without scheduler_specific_kwargs: any given would be dropped without a word.
+SCHEDULERS_WITHOUT_KWARGS = ("constant", "constant_with_warmup")
+SCHEDULER_OWN_ARGUMENTS = ("optimizer", "num_warmup_steps", "num_training_steps", "last_epoch")  # the Trainer's
+
+
+def check_scheduler_kwargs(t: TrainingSection) -> None:
+    """training.scheduler_kwargs as transformers' get_scheduler takes them, checked before any work: each key is
+    an argument of the scheduler's function (of torch's ReduceLROnPlateau for reduce_lr_on_plateau), and the
+    scheduler builds with them. cosine_with_min_lr is checked even without any: it needs min_lr or min_lr_rate."""
+    if not t.scheduler_kwargs and t.scheduler != "cosine_with_min_lr":
+        return  # nothing to check, and transformers.optimization is slow to import
+    import inspect
+
+    import torch
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType, get_scheduler
+
+    given = dict(t.scheduler_kwargs)
+    builder = TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(t.scheduler)]
+    if t.scheduler == "reduce_lr_on_plateau":  # get_reduce_on_plateau_schedule passes **kwargs on to it
+        builder = torch.optim.lr_scheduler.ReduceLROnPlateau
+    parameters = [] if t.scheduler in SCHEDULERS_WITHOUT_KWARGS else inspect.signature(builder).parameters
+    valid = [name for name in parameters if name not in SCHEDULER_OWN_ARGUMENTS]
+    for key in given:
+        if key not in valid:
+            accepted = f"it takes: {', '.join(valid)}" if valid else "it takes none"
+            raise RecipeError(
+                f"recipe key 'training.scheduler_kwargs' has '{key}', which training.scheduler={t.scheduler} does not "
+                f"take.{did_you_mean(key, valid)} {accepted.capitalize()}."
+            )
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=t.lr)
+    try:  # a trial build with a stand-in optimizer: the values are checked where they are used
+        get_scheduler(t.scheduler, optimizer, 0, 10, scheduler_specific_kwargs=given)  # 0 warm-up steps of 10
+    except (TypeError, ValueError) as e:
+        raise RecipeError(
+            f"recipe key 'training.scheduler_kwargs' got {given} for training.scheduler={t.scheduler}: {e}"
+        ) from None
 
 
 def did_you_mean(value: str, choices: Any) -> str:

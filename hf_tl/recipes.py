@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 from hf_tl.errors import HfTlError, cli
+from hf_tl.paths import check_output_folder
 from hf_tl.recipe import available_recipes, find_recipe
 
 
@@ -20,14 +20,22 @@ def describe(name: str) -> str:
 
 
 def copy_recipe(name: str, dest: str) -> Path:
+    """Copy a shipped recipe to `dest`: a .yaml path, or a folder (made if need be). Never over anything that
+    exists, nor through a symbolic link: the file is created new, or the copy is refused."""
     source = find_recipe(name)
     target = Path(dest)
     if target.suffix not in (".yaml", ".yml"):  # a folder, made if need be
+        check_output_folder(target, "DEST")
         target.mkdir(parents=True, exist_ok=True)
         target = target / source.name
-    if target.exists():
-        raise HfTlError(f"{target} already exists; choose another destination or remove it first.")
-    shutil.copyfile(source, target)
+    else:
+        check_output_folder(target.parent, "DEST")
+    try:
+        with open(target, "x") as f:  # O_CREAT | O_EXCL: fails on any existing entry, a dangling link included
+            f.write(source.read_text())
+    except FileExistsError:
+        what = "is a symbolic link" if target.is_symlink() else "already exists"
+        raise HfTlError(f"{target} {what}; choose another destination or remove it first.") from None
     return target
 
 

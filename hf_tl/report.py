@@ -25,7 +25,8 @@ from pathlib import Path
 from statistics import mean
 
 from hf_tl import plots
-from hf_tl.errors import HfTlError, RecipeError, cli
+from hf_tl.errors import HfTlError, RecipeError, brief, cli
+from hf_tl.paths import check_output_folder
 from hf_tl.rundir import METRICS_FILE, write_text, written_atomically
 from hf_tl.studies import LAYOUTS, figure_for
 from hf_tl.sweep import STATE_FILE
@@ -33,6 +34,15 @@ from hf_tl.sweep import STATE_FILE
 REPORT_FILE = "report.md"
 CSV_FILE = "report.csv"
 SCATTER_FILE = "accuracy_vs_parameters.png"
+# What the report reads from each run's metrics.json.
+REQUIRED_METRICS = (
+    ("model",),
+    ("dataset",),
+    ("parameters", "kind"),
+    ("parameters", "trainable"),
+    ("eval", "accuracy"),
+    ("train", "accuracy"),
+)
 MALPURE_COLUMNS = (
     "Model",
     "Type",
@@ -78,7 +88,12 @@ def collect(paths: list[Path]) -> Source:
     rows, studies = [], []
     for path in paths:
         if (path / STATE_FILE).is_file():
-            state = json.loads((path / STATE_FILE).read_text())
+            state = read_json(path / STATE_FILE, "run the same `python -m hf_tl.sweep` command again to rewrite it")
+            if not isinstance(state.get("study"), dict) or not isinstance(state.get("cells"), dict):
+                raise HfTlError(
+                    f"{path / STATE_FILE} lacks the study or its cells: it was edited or damaged. Run the same "
+                    "`python -m hf_tl.sweep` command again to rewrite it."
+                )
             studies.append(state["study"])
             rows += sweep_rows(path, state)
         elif (path / METRICS_FILE).is_file():
@@ -132,7 +147,7 @@ def cell_row(root: Path, study: dict, cell: dict) -> Row:
         notes=tuple(n for n in notes if n),
     )
     if (run_dir / METRICS_FILE).is_file():
-        _fill_from_metrics(row, json.loads((run_dir / METRICS_FILE).read_text()))
+        _fill_from_metrics(row, read_metrics(run_dir))
         row.status = "done"
     return row
 
@@ -142,7 +157,7 @@ def _entry(entries: list[dict], key: str) -> dict:
 
 
 def run_row(run_dir: Path) -> Row:
-    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    metrics = read_metrics(run_dir)
     row = Row(
         model=metrics["model"],
         type="",
@@ -155,11 +170,41 @@ def run_row(run_dir: Path) -> Row:
     return row
 
 
+def read_metrics(run_dir: Path) -> dict:
+    """A run's metrics.json, checked to hold what the report reads."""
+    path = run_dir / METRICS_FILE
+    fix = "leave this folder out of the report, or train the run again into a new output.dir"
+    metrics = read_json(path, fix)
+    for keys in REQUIRED_METRICS:
+        value = metrics
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None:
+            raise HfTlError(
+                f"{path} has no '{'.'.join(keys)}': it is not the metrics.json of a finished hf_tl run, or it was "
+                f"edited or damaged. Restore it from a copy, or {fix}."
+            )
+    return metrics
+
+
+def read_json(path: Path, fix: str) -> dict:
+    """A JSON file hf_tl wrote, or an error naming it and `fix`: a damaged file is not a bug of the report."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HfTlError(
+            f"{path} cannot be read ({brief(e)}): it is damaged. Restore it from a copy, or {fix}."
+        ) from None
+    if not isinstance(data, dict):
+        raise HfTlError(f"{path} holds a {type(data).__name__}, not an object: it is damaged. Restore it, or {fix}.")
+    return data
+
+
 def _fill_from_metrics(row: Row, metrics: dict) -> None:
     """This run's numbers, exactly as its metrics.json holds them (accuracies scaled to %)."""
     row.trainable_parameters = metrics["parameters"]["trainable"]
     row.val_accuracy = 100 * metrics["eval"]["accuracy"]
-    row.train_accuracy = 100 * metrics["train"]["accuracy"]
+    row.train_accuracy = 100 * metrics["train"]["accuracy"] if metrics["train"] else None  # train_metrics=false
     timings = metrics.get("timings", {})
     row.train_seconds_per_epoch = _mean(timings.get("train_seconds_per_epoch"))
     row.eval_seconds_per_epoch = _mean(timings.get("eval_seconds_per_epoch"))
@@ -335,6 +380,7 @@ def _file_name(text: str) -> str:
 
 def build_report(paths: list[Path], out: Path, layout: str | None = None) -> str:
     """Write report.md, report.csv and the plots into `out`; return the Markdown."""
+    check_output_folder(out, "--out")
     source = collect(paths)
     if not source.rows:
         raise HfTlError(f"no runs found in {', '.join(map(str, paths))}.")

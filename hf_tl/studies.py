@@ -20,8 +20,8 @@ from typing import Any, Optional
 from omegaconf import MISSING, OmegaConf, errors
 
 from hf_tl.errors import RecipeError
-from hf_tl.recipe import check_options, did_you_mean, find_yaml, option, read_mapping, type_name
-from hf_tl.resources import study_dir
+from hf_tl.recipe import _ASSET, check_options, did_you_mean, find_yaml, option, read_mapping, type_name
+from hf_tl.resources import asset_path, study_dir
 
 LAYOUTS = ("malpure", "zhou")
 TYPES = ("CNN", "transformer")
@@ -129,7 +129,7 @@ def find_study(name_or_path: str) -> Path:
 def load_study(name_or_path: str) -> Study:
     """Read, type-check and cross-check a study file and its figures."""
     path = find_study(name_or_path)
-    raw = read_mapping(path, "study", "(title, paper, base, backbones, ...)")
+    raw = with_assets(read_mapping(path, "study", "(title, paper, base, backbones, ...)"))
     try:
         spec: StudyFile = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(StudyFile), raw))
     except errors.MissingMandatoryValue as e:
@@ -141,6 +141,20 @@ def load_study(name_or_path: str) -> Study:
     if spec.figures:
         study.figures = read_figures(path.parent / spec.figures, study)
     return study
+
+
+def with_assets(node: Any) -> Any:
+    """A study's values with each `${hf_tl.asset:PATH}` (the one interpolation read_mapping lets through) replaced
+    by the shipped file's path, at any depth: OmegaConf itself knows no `hf_tl.asset` resolver."""
+    if OmegaConf.is_config(node):
+        node = OmegaConf.to_container(node, resolve=False)
+    if isinstance(node, dict):
+        return {key: with_assets(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [with_assets(value) for value in node]
+    if isinstance(node, str) and (match := _ASSET.fullmatch(node)):
+        return str(asset_path(match.group(1)))
+    return node
 
 
 def _schema_message(e: errors.OmegaConfBaseException) -> str:

@@ -12,7 +12,9 @@ has its own folder inside the sweep folder:
 Running the same command again skips finished cells (their metrics.json exists), retries failed ones,
 and resumes a half-finished one from its last complete checkpoint (hf_tl.train's training.resume=auto).
 Recipe overrides given on the command line apply to every cell; a different set of overrides gets its
-own sweep folder, so no cell's results are mixed with those of another recipe.
+own sweep folder, so no cell's results are mixed with those of another recipe. A folder in which no cell
+has produced anything (no checkpoint, no result) takes the new study and overrides: a mistyped override
+is corrected by running the corrected command.
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ from typing import Optional
 
 from omegaconf import MISSING, OmegaConf
 
-from hf_tl.command_line import parse_key_values
+from hf_tl.command_line import command_help, parse_key_values, wants_help
 from hf_tl.errors import HfTlError, RecipeError, cli
 from hf_tl.recipe import SECTIONS, did_you_mean, load_recipe, option
-from hf_tl.rundir import METRICS_FILE, write_json, write_text
+from hf_tl.rundir import METRICS_FILE, check_writable, has_produced, write_json, write_text
 from hf_tl.studies import Cell, Study, load_study, select_cells
 
 STATE_FILE = "sweep.json"
@@ -109,18 +111,21 @@ def write_cell_recipe(root: Path, study: Study, cell: Cell) -> Path:
     """The cell's recipe as a file hf_tl.train reads; refused if the folder holds another recipe for this cell."""
     path = cell_dir(root, cell) / f"{cell.id}.yaml"
     recipe = cell.recipe(study.spec.base)
-    if path.exists() and OmegaConf.to_container(OmegaConf.load(path)) != recipe:
+    changed = path.exists() and OmegaConf.to_container(OmegaConf.load(path)) != recipe
+    if changed and has_produced(cell_dir(root, cell) / RUN_DIR):
         raise HfTlError(
             f"{root} holds cell {cell.id} with a different recipe ({path}): the study changed since this sweep "
             "began. Continue it with the study it ran, or choose another folder with out=."
         )
+    if changed:  # nothing of the old recipe to protect: the cell takes the new one
+        print(f"sweep: cell {cell.id} had produced nothing with its old recipe; it takes the study's new one")
     header = (
         f"# {cell.backbone.name or cell.backbone.key} on {cell.dataset.name or cell.dataset.key}, "
         f"{cell.strategy.name or cell.strategy.key}: cell {cell.id} of study {study.name}.\n"
         f"#   python -m hf_tl.train recipe={path}\n"
         f"#   python -m hf_tl.sweep study={study.name} only={cell.id}\n"
     )
-    if not path.exists():
+    if changed or not path.exists():
         write_text(path, header + OmegaConf.to_yaml(recipe))
     return path
 
@@ -138,8 +143,13 @@ class State:
     def __init__(self, root: Path, study: Study, overrides: list[str]) -> None:
         self.path = root / STATE_FILE
         existing = _read_json(self.path)
-        if existing:
-            _check_same_sweep(existing, root, study, overrides)
+        if existing and not _same_sweep(existing, root, study, overrides):
+            print(
+                f"sweep: {root} held a sweep of other settings in which no cell had produced anything; "
+                "it takes this command's study and overrides",
+                flush=True,
+            )
+            existing = None
         self.data = existing or {"study": study.to_dict(), "overrides": result_overrides(overrides), "cells": {}}
         self.data["study"] = study.to_dict()
         write_json(self.path, self.data)
@@ -167,17 +177,27 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _check_same_sweep(existing: dict, root: Path, study: Study, overrides: list[str]) -> None:
+def produced_anything(root: Path) -> bool:
+    """Some cell of the sweep folder has a result or a checkpoint: a sweep with something to protect."""
+    cells = root / "cells"
+    return cells.is_dir() and any(has_produced(cell / RUN_DIR) for cell in cells.iterdir())
+
+
+def _same_sweep(existing: dict, root: Path, study: Study, overrides: list[str]) -> bool:
+    """The folder's sweep is this one; if not, False where no cell produced anything, else an error."""
+    if existing["study"]["name"] == study.name and existing["overrides"] == result_overrides(overrides):
+        return True
+    if not produced_anything(root):
+        return False
     if existing["study"]["name"] != study.name:
         raise HfTlError(
             f"{root} holds a sweep of study '{existing['study']['name']}', not '{study.name}'; choose another out=."
         )
-    if existing["overrides"] != result_overrides(overrides):
-        raise HfTlError(
-            f"{root} holds a sweep run with the overrides {existing['overrides'] or '(none)'}; this command gives "
-            f"{result_overrides(overrides) or '(none)'}. Give the same overrides to continue it, or drop out= to "
-            "get a folder of its own for these."
-        )
+    raise HfTlError(
+        f"{root} holds a sweep run with the overrides {existing['overrides'] or '(none)'}; this command gives "
+        f"{result_overrides(overrides) or '(none)'}. Give the same overrides to continue it, or drop out= to "
+        "get a folder of its own for these."
+    )
 
 
 @contextmanager
@@ -241,6 +261,7 @@ def run_sweep(args: SweepArgs, overrides: list[str]) -> Path:
     study = load_study(args.study)
     cells = select_cells(study.cells, [t.strip() for t in (args.only or "").split(",") if t.strip()])
     root = sweep_dir(args, study, overrides)
+    check_writable(root, "out", f"runs/sweeps/{study.name}")
     with locked(root):
         state = State(root, study, overrides)
         recipes = {cell.id: write_cell_recipe(root, study, cell) for cell in cells}
@@ -305,7 +326,15 @@ def _run_cells(args, overrides, root: Path, state: State, cells: list[Cell], rec
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv):
+        overrides = (
+            "Recipe overrides (dotted keys, e.g. training.epochs=2) apply to every cell; "
+            "`python -m hf_tl.train --help` lists them. output.dir is the sweep's to choose."
+        )
+        print(command_help(__doc__, [("sweep keys", SweepArgs, "")], overrides))
+        return
+    args, overrides = parse_args(argv)
     run_sweep(args, overrides)
 
 

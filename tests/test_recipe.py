@@ -133,6 +133,7 @@ def test_overrides_are_typed():
             "data.hflip=false",
             "strategy.kind=lora",
             "strategy.target_modules=[q_proj,v_proj]",
+            "training.scheduler=reduce_lr_on_plateau",  # the scheduler that takes a factor
             "training.scheduler_kwargs={factor: 0.6}",
         ]
     )
@@ -487,7 +488,12 @@ def test_resolved_recipe_round_trips_through_yaml(name, tmp_path):
 def test_overridden_recipe_round_trips_through_yaml(tmp_path):
     recipe = load_recipe(
         "convnext_b_lora",
-        ["strategy.target_modules=[q_proj,v_proj]", "training.scheduler_kwargs={factor: 0.6}", "data.hflip=false"],
+        [
+            "strategy.target_modules=[q_proj,v_proj]",
+            "training.scheduler=reduce_lr_on_plateau",
+            "training.scheduler_kwargs={factor: 0.6}",
+            "data.hflip=false",
+        ],
     )
     again = load_recipe(str(_write(tmp_path / "r.yaml", to_yaml(recipe))))
     assert dataclasses.replace(again, name=recipe.name) == recipe

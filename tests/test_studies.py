@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from hf_tl.errors import HfTlError, RecipeError
+from hf_tl.errors import RecipeError
 from hf_tl.recipe import load_recipe
 from hf_tl.resources import study_dir
 from hf_tl.studies import available_studies, load_study, select_cells
@@ -184,9 +185,9 @@ def test_overrides_get_their_own_sweep_folder_and_a_folder_keeps_its_own(tmp_pat
     shorter = run_sweep(*parse_args(["study=malpure2021_repo", "dry_run=true", "training.epochs=1"]))
     assert plain.name == "malpure2021_repo" and shorter.name.startswith("malpure2021_repo-") and plain != shorter
     assert "epochs: 10" in next((plain / "cells").glob("*/*.yaml")).read_text()
-    with pytest.raises(
-        HfTlError, match=r"overrides \['training.epochs=1'\]; this command gives \['training.epochs=2'\]"
-    ):
-        run_sweep(*parse_args(["study=malpure2021_repo", f"out={shorter}", "dry_run=true", "training.epochs=2"]))
+    # A folder where no cell produced anything holds nothing to protect: it takes corrected overrides (a folder
+    # with results refuses them: tests/test_sweep.py::test_a_sweep_folder_with_results_still_refuses_other_overrides).
+    run_sweep(*parse_args(["study=malpure2021_repo", f"out={shorter}", "dry_run=true", "training.epochs=2"]))
+    assert json.loads((shorter / "sweep.json").read_text())["overrides"] == ["training.epochs=2"]
     with pytest.raises(RecipeError, match="output.dir is the sweep's"):
         parse_args(["study=malpure2021_repo", "output.dir=x"])

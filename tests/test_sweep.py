@@ -226,3 +226,26 @@ def test_a_failed_cell_is_recorded_the_sweep_goes_on_and_a_rerun_retries_it(tmp_
     assert "1 finished already (skipped), 1 to run" in second.stdout
     assert "cell missing__digits__linear retrying (it failed before)" in second.stdout
     assert json.loads((tmp_path / "out/sweep.json").read_text())["cells"]["missing__digits__linear"]["attempts"] == 2
+
+
+def test_a_sweep_folder_where_no_cell_produced_anything_takes_the_corrected_command(tmp_path, tiny_family):
+    data = saved_digits(tmp_path, per_class=6)
+    study = write_study(tmp_path, data, {"vit": ("transformer", tiny_family("vit"))}, epochs=1)
+    out = tmp_path / "out"
+    typo = run_cli(*sweep_command(study, out, "training.lr=2e-3x", "dry_run=true"))
+    assert typo.returncode == 2 and "training.lr" in typo.stderr
+    fixed = run_cli(*sweep_command(study, out, "training.lr=2e-3", "dry_run=true"))
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert "in which no cell had produced anything; it takes this command's study and overrides" in fixed.stdout
+    assert json.loads((out / "sweep.json").read_text())["overrides"] == ["training.lr=2e-3"]
+
+    write_study(tmp_path, data, {"vit": ("transformer", tiny_family("vit"))}, epochs=3)  # the study is edited
+    edited = run_cli(*sweep_command(study, out, "training.lr=2e-3", "dry_run=true"))
+    assert edited.returncode == 0, edited.stderr[-3000:]
+    assert "cell vit__digits__linear had produced nothing with its old recipe" in edited.stdout
+    assert "epochs: 3" in (out / "cells" / "vit__digits__linear" / "vit__digits__linear.yaml").read_text()
+
+
+def test_a_sweep_folder_with_results_still_refuses_other_overrides(swept):
+    other = run_cli(*swept["command"], "training.lr=0.5", "dry_run=true")
+    assert other.returncode == 1 and "holds a sweep run with the overrides (none)" in other.stderr
