@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
 from peft import PeftModel
 from transformers import Trainer
 
@@ -29,10 +30,32 @@ def save_final_model(trainer: Trainer, run_dir: Path) -> None:
     custom_head = bool(getattr(model.config, "hf_tl_mlp_heads", None))
     with replaced_atomically(run_dir / MODEL_DIR) as model_dir:
         # transformers renames pre-v5 keys only for its own classes, so a custom-code checkpoint keeps v5 names.
-        model.save_pretrained(model_dir, save_original_format=not custom_head)
+        state_dict = without_aliases(model.state_dict())
+        model.save_pretrained(model_dir, state_dict=state_dict, save_original_format=not custom_head)
         processor.save_pretrained(model_dir)
         if custom_head:
             make_mlp_head_loadable(model_dir, type(model).__name__)
+
+
+def without_aliases(state_dict: dict) -> dict:
+    """Each name its own tensor: a tensor that shares memory with one named earlier is copied.
+
+    Some timm models pass one module to several blocks (CoaT's convolutional position encoding), so their
+    state dict names one tensor many times. safetensors cannot store aliases, and transformers 5's
+    `save_pretrained` refuses any sharing a model class has not declared as tied, which the timm wrapper
+    cannot declare for the timm model inside it. With a copy under every name the file is complete, and
+    loading writes the same values into the one shared tensor.
+    """
+    seen: set[int] = set()
+    unshared = {}
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
+            storage = tensor.untyped_storage().data_ptr()
+            if storage in seen:
+                tensor = tensor.clone()
+            seen.add(storage)
+        unshared[name] = tensor
+    return unshared
 
 
 def make_mlp_head_loadable(model_dir: Path, architecture: str) -> None:

@@ -3,26 +3,35 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
+import re
+import shlex
 import shutil
+import zipfile
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safetensors import SafetensorError
+import torch
+from omegaconf import OmegaConf
+from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers import PreTrainedModel, Trainer, TrainingArguments
-from transformers.trainer import TRAINER_STATE_NAME
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from hf_tl.blocks import convolutional
 from hf_tl.data import loader_workers
 from hf_tl.environment import no_accelerator
 from hf_tl.errors import HfTlError
+from hf_tl.export import without_aliases
 from hf_tl.preprocess import Preprocess, draw_flips
 from hf_tl.recipe import Recipe
-from hf_tl.rundir import sync_tree
+from hf_tl.rundir import RECIPE_FILE, sync_tree
 
 if TYPE_CHECKING:
     from hf_tl.feature_cache import FeatureCache
@@ -31,6 +40,41 @@ STAGING_DIR = ".saving"  # checkpoints are written here, then renamed into place
 LOW_DISK_BYTES = 64 * 2**20
 # What a save raises on a full or failing disk: OSError, safetensors' own error, torch.save's RuntimeError.
 SAVE_ERRORS = (OSError, SafetensorError, RuntimeError)
+
+
+class LossTally(TrainerCallback, ExportableState):
+    """The Trainer's running loss sums, carried in each checkpoint so a resumed run logs what an uninterrupted one does.
+
+    transformers keeps them on the Trainer (`_tr_loss`, `_total_loss_scalar`, `_globalstep_last_logged`),
+    saves none of them and zeroes them at the start of every `train()` call, resume included. A checkpoint
+    that fell between two logging steps then lost the loss of the steps since the last log, and
+    `train_loss` averaged only the steps after the resume. HfTlTrainer fills this before each save and
+    puts the sums back when it resumes.
+    """
+
+    def __init__(self) -> None:
+        self.unlogged_loss: float | None = None  # summed over the steps since the last log (mean over processes)
+        self.logged_loss: float | None = None  # summed over every step logged so far
+        self.last_logged_step: int | None = None
+
+    def state(self) -> dict:
+        attributes = ("unlogged_loss", "logged_loss", "last_logged_step")
+        return {"args": {}, "attributes": {name: getattr(self, name) for name in attributes}}
+
+
+class _RestoreLossSumsAtTrainBegin(TrainerCallback):
+    """Puts the loss sums back where train() begins, just after transformers zeroed them: every resume passes here.
+
+    Not at the first epoch: resumed from the final checkpoint (a run stopped in its last evaluation or its
+    final save), train() runs no epoch and goes straight to `train_loss`. Not an ExportableState, so the
+    Trainer keeps this very object (and its trainer) when it rebuilds the stateful callbacks on resume.
+    """
+
+    def __init__(self, trainer: HfTlTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        self.trainer._restore_loss_sums()
 
 
 class HfTlTrainer(Trainer):
@@ -42,12 +86,17 @@ class HfTlTrainer(Trainer):
     default, then reloads the best one (and resumes) with a plain `load_state_dict`, which
     matches none of the renamed keys and silently keeps the wrong weights; these keep the
     model's current names. The final model is still saved in the default, widely loadable format.
+    Each checkpoint also carries the running loss sums (`LossTally`), so a resumed run logs every loss,
+    and `train_loss`, as the uninterrupted run does.
     """
 
     _staging: str | None = None
+    _loss_sums_restored = False
 
     def __init__(self, *args: Any, preprocess: Preprocess, hflip: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.add_callback(LossTally())
+        self.add_callback(_RestoreLossSumsAtTrainBegin(self))
         self.preprocess = preprocess
         self.hflip = hflip
         self.features: FeatureCache | None = None  # set by feature_cache.prepare when the cache is on
@@ -68,7 +117,33 @@ class HfTlTrainer(Trainer):
     def _get_output_dir(self, trial) -> str:
         return self._staging or super()._get_output_dir(trial)
 
+    def _restore_loss_sums(self) -> None:
+        """transformers has just zeroed them; a resumed run takes them back from its checkpoint's trainer state."""
+        self._loss_sums_restored = False
+        saved = self.state.stateful_callbacks.get(LossTally.__name__, {}).get("attributes", {})
+        if saved.get("last_logged_step") is None:
+            return  # a fresh run, or a checkpoint written before hf_tl saved the sums
+        self._tr_loss = torch.tensor(saved["unlogged_loss"], device=self.args.device)  # float32, as transformers'
+        self._total_loss_scalar = saved["logged_loss"]
+        self._globalstep_last_logged = saved["last_logged_step"]
+        self._loss_sums_restored = True
+
+    def _record_loss_sums(self) -> None:
+        """Into the tally the checkpoint's trainer state carries; a collective (every rank saves), as logging is."""
+        tally = next(cb for cb in self.callback_handler.callbacks if isinstance(cb, LossTally))
+        tally.unlogged_loss = nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
+        tally.logged_loss = self._total_loss_scalar
+        tally.last_logged_step = self._globalstep_last_logged
+        self.state.stateful_callbacks.setdefault(LossTally.__name__, {})  # absent in a checkpoint older than it
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "train_loss" in logs and self._loss_sums_restored:
+            # transformers divides by the steps of this train() call; the restored sums cover the whole run
+            logs["train_loss"] = self._total_loss_scalar / self.state.global_step
+        super().log(logs, start_time)
+
     def _save_checkpoint(self, model, trial) -> None:
+        self._record_loss_sums()
         run_dir = Path(super()._get_output_dir(trial))
         staging = run_dir / STAGING_DIR
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
@@ -100,6 +175,10 @@ class HfTlTrainer(Trainer):
             )
         self.accelerator.wait_for_everyone()
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        state_dict = self.model.state_dict() if state_dict is None else state_dict  # what transformers does
+        super()._save(output_dir, without_aliases(state_dict))  # a timm model's shared modules (export.py)
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         model = self.accelerator.unwrap_model(self.model)
         if not _internal_call or not isinstance(model, PreTrainedModel):
@@ -112,15 +191,39 @@ def _save_failed(error: Exception, run_dir: Path, staging: Path) -> HfTlError:
     shutil.rmtree(staging, ignore_errors=True)
     last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
     kept = f"The last complete checkpoint, {last}, is intact" if last else "No earlier checkpoint exists"
+    # run_dir is the run folder's checkpoints/; with no checkpoint there is nothing to resume: the run starts over.
+    # No full stop after a command: pasted along, it would change the folder.
+    then = f"resume with {resume_command(run_dir.parent)}" if last else "run the same command again."
     if disk_full(error, run_dir):
         return HfTlError(
-            f"could not save a checkpoint in {run_dir}: the disk is full. {kept}. "
-            "Free some space, then run the same command again to resume."
+            f"could not save a checkpoint in {run_dir}: the disk is full. {kept}. Free some space, then {then}"
         )
-    return HfTlError(
-        f"could not save a checkpoint in {run_dir}: {error}. {kept}. Fix the cause, then run the same command "
-        "again to resume."
-    )
+    return HfTlError(f"could not save a checkpoint in {run_dir}: {error}. {kept}. Fix the cause, then {then}")
+
+
+def resume_command(run_folder: Path, recipe: Recipe | None = None) -> str:
+    """What resumes a run, pasted as written: its own command plus its folder, resuming on and overwriting off.
+
+    The same command alone may not: the default output.dir is a new timestamped folder, training.resume=never
+    deletes the checkpoints and output.overwrite=true sets them aside. Without the recipe, the one the run
+    wrote into its folder says which of those it set (both are undone when that cannot be read).
+    """
+    resume, overwrite = (recipe.training.resume, recipe.output.overwrite) if recipe else _resume_settings(run_folder)
+    overrides = [f"output.dir={shlex.quote(str(run_folder))}"]
+    if resume != "auto":
+        overrides.append("training.resume=auto")
+    if overwrite:
+        overrides.append("output.overwrite=false")
+    return f"the same command plus {' '.join(overrides)}"
+
+
+def _resume_settings(run_folder: Path) -> tuple[str, bool]:
+    """training.resume and output.overwrite as the run folder's recipe.yaml records them."""
+    try:
+        written = OmegaConf.load(run_folder / RECIPE_FILE)
+        return OmegaConf.select(written, "training.resume"), bool(OmegaConf.select(written, "output.overwrite"))
+    except Exception:  # unreadable or gone: undo both, which is right whatever they were
+        return "never", True
 
 
 def disk_full(error: Exception, folder: Path) -> bool:
@@ -131,6 +234,81 @@ def disk_full(error: Exception, folder: Path) -> bool:
         return shutil.disk_usage(folder).free < LOW_DISK_BYTES
     except OSError:
         return False
+
+
+DAMAGED_PREFIX = "damaged-"  # a damaged checkpoint-N is moved to damaged-checkpoint-N, a name nothing resumes from
+_CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+
+
+def set_aside_damaged_checkpoints(checkpoints: Path) -> list[str]:
+    """Move every damaged checkpoint out of resume's and rotation's way, newest first; says what each had.
+
+    hf_tl's own saves cannot leave half a checkpoint (staging, sync, rename), but an interrupted copy of
+    the run folder, a disk error or a hand can. transformers would then raise mid-load or, for a missing
+    optimizer, scheduler or RNG state, silently resume without it.
+    """
+    found = [p for p in checkpoints.iterdir() if p.is_dir() and _CHECKPOINT_NAME.fullmatch(p.name)]
+    notes = []
+    for folder in sorted(found, key=lambda p: int(_CHECKPOINT_NAME.fullmatch(p.name).group(1)), reverse=True):
+        damage = checkpoint_damage(folder)
+        if damage:
+            notes.append(f"{folder.name} is damaged ({damage}), moved to {_move_aside(folder).name}")
+    return notes
+
+
+def checkpoint_damage(folder: Path) -> str | None:
+    """What keeps a checkpoint from resuming, read cheaply from each file's structure; None when it is whole.
+
+    A truncated or cut file fails these: safetensors checks that its tensors fill the file exactly, a
+    torch file (a zip) loses its central directory at the end, JSON does not parse.
+    """
+    names = {p.name for p in folder.iterdir()}
+    required = {
+        TRAINER_STATE_NAME: TRAINER_STATE_NAME in names,
+        OPTIMIZER_NAME: OPTIMIZER_NAME in names,
+        SCHEDULER_NAME: SCHEDULER_NAME in names,
+        "model weights (*.safetensors)": any(n.endswith(".safetensors") for n in names),
+        "the RNG state (rng_state*.pth)": any(n.startswith("rng_state") for n in names),
+    }
+    missing = [what for what, present in required.items() if not present]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    for name in sorted(names):
+        problem = _file_damage(folder / name)
+        if problem:
+            return f"{name} is truncated or corrupt: {problem}"
+    return None
+
+
+def _file_damage(path: Path) -> str | None:
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_bytes())
+        elif path.suffix == ".safetensors":
+            with safe_open(path, framework="pt"):
+                pass
+        elif path.suffix in (".pt", ".pth", ".bin"):  # torch.save writes a zip archive
+            zipfile.ZipFile(path).close()
+    except (OSError, ValueError, SafetensorError, zipfile.BadZipFile) as e:
+        return str(e)
+    return None
+
+
+def _move_aside(folder: Path) -> Path:
+    """Kept for a look, under a name get_last_checkpoint and rotate_checkpoints ignore; removed with checkpoints/."""
+    target = folder.with_name(DAMAGED_PREFIX + folder.name)
+    copy = 1
+    while target.exists():
+        copy += 1
+        target = folder.with_name(f"{DAMAGED_PREFIX}{folder.name}.{copy}")
+    try:
+        os.replace(folder, target)
+    except OSError as e:
+        raise HfTlError(
+            f"{folder} is damaged and could not be moved aside ({e}); move or delete it, then run the same "
+            "command again."
+        ) from None
+    return target
 
 
 @contextmanager

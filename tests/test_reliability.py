@@ -11,6 +11,8 @@ import io
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,10 +25,12 @@ from conftest import digits, run_cli, save_vit, saved_digits
 
 from hf_tl.errors import HfTlError
 from hf_tl.recipe import load_recipe
-from hf_tl.train import run
+from hf_tl.train import resume_point, run
+from hf_tl.trainer import resume_command
 
 EPOCHS = 3
 STEPS_PER_EPOCH = 24  # 96 training images in batches of 4
+LOGGING_STEPS = 5  # does not divide an epoch: each checkpoint falls between two logged losses
 LOG_EPOCH = re.compile(r"'loss'.*'epoch': '?([\d.]+)")
 
 
@@ -43,14 +47,21 @@ def crash_model(tmp_path_factory) -> Path:
 def train_command(model: Path, data: Path, out: Path) -> list[str]:
     return [
         sys.executable, "-m", "hf_tl.train", "recipe=quickstart", f"model.name={model}", f"data.dataset={data}",
-        "strategy.kind=last_block", f"training.epochs={EPOCHS}", "training.batch_size=4", "training.logging_steps=2",
+        "strategy.kind=last_block", f"training.epochs={EPOCHS}", "training.batch_size=4",
+        f"training.logging_steps={LOGGING_STEPS}",
         f"output.dir={out}",
     ]  # fmt: skip
 
 
-def start(command: list[str]) -> subprocess.Popen:
+def start(command: list[str], cwd: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def pasted(message: str, after: str) -> list[str]:
+    """The arguments a message says to add to the command (what follows `after`), split as a shell splits them."""
+    assert after in message, message
+    return shlex.split(message.split(after, 1)[1].splitlines()[0])
 
 
 def wait_for_epoch_between(process: subprocess.Popen, low: float, high: float) -> None:
@@ -63,11 +74,19 @@ def wait_for_epoch_between(process: subprocess.Popen, low: float, high: float) -
 
 
 def results(run_dir: Path) -> dict:
-    """What must not depend on interruptions: final metrics and each epoch's evaluation."""
+    """What must not depend on interruptions: final metrics, each epoch's evaluation, every logged loss."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     history = json.loads((run_dir / "log_history.json").read_text())
     per_epoch = [(h["epoch"], h["eval_loss"], h["eval_accuracy"]) for h in history if "eval_accuracy" in h]
-    return {"eval": metrics["eval"], "train": metrics["train"], "per_epoch": per_epoch}
+    losses = [(h["step"], h["loss"], h["grad_norm"], h["learning_rate"]) for h in history if "loss" in h]
+    train_loss = [h["train_loss"] for h in history if "train_loss" in h]
+    return {
+        "eval": metrics["eval"],
+        "train": metrics["train"],
+        "per_epoch": per_epoch,
+        "losses": losses,
+        "train_loss": train_loss,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +102,8 @@ def test_same_seed_twice_gives_identical_metrics(uninterrupted, crash_model, cra
     assert finished.returncode == 0, finished.stderr
     assert results(tmp_path / "again") == uninterrupted
     assert len(uninterrupted["per_epoch"]) == EPOCHS
+    assert len(uninterrupted["losses"]) == EPOCHS * STEPS_PER_EPOCH // LOGGING_STEPS
+    assert len(uninterrupted["train_loss"]) == 1
 
 
 def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(uninterrupted, crash_model, crash_data, tmp_path):
@@ -98,7 +119,8 @@ def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(uninterrupt
     resumed = run_cli(*command)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {out / 'checkpoints' / f'checkpoint-{STEPS_PER_EPOCH}'}" in resumed.stdout
-    assert results(out) == uninterrupted
+    assert STEPS_PER_EPOCH % LOGGING_STEPS, "the checkpoint holds loss summed since the last log"
+    assert results(out) == uninterrupted  # every logged loss and train_loss too, exactly
     timings = json.loads((out / "metrics.json").read_text())["timings"]
     assert len(timings["train_seconds_per_epoch"]) == len(timings["eval_seconds_per_epoch"]) == EPOCHS
 
@@ -142,6 +164,79 @@ def saving(staging: Path) -> bool:
         return False
 
 
+@pytest.fixture(scope="module")
+def two_checkpoints(crash_model, crash_data, tmp_path_factory) -> Path:
+    """A run killed in its third epoch, put aside whole (checkpoint-24 and -48): `fresh_copy` brings it back."""
+    out = tmp_path_factory.mktemp("two-checkpoints") / "run"
+    process = start(train_command(crash_model, crash_data, out))
+    wait_for_epoch_between(process, 2.0, 3.0)
+    process.kill()
+    process.wait()
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == [f"checkpoint-{STEPS_PER_EPOCH}", f"checkpoint-{2 * STEPS_PER_EPOCH}"]
+    return out.rename(out.with_name("pristine"))
+
+
+def fresh_copy(pristine: Path) -> Path:
+    """The killed run back at its own path: its trainer states name checkpoints by absolute path."""
+    out = pristine.with_name("run")
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(pristine, out)
+    return out
+
+
+def cut_in_half(path: Path) -> None:
+    os.truncate(path, path.stat().st_size // 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("damage", "what"),
+    [
+        (lambda c: cut_in_half(c / "model.safetensors"), "model.safetensors is truncated or corrupt"),
+        (lambda c: cut_in_half(c / "optimizer.pt"), "optimizer.pt is truncated or corrupt"),
+        (lambda c: (c / "trainer_state.json").unlink(), "trainer_state.json missing"),
+    ],
+    ids=["weights-truncated", "optimizer-truncated", "trainer-state-missing"],
+)
+def test_a_damaged_last_checkpoint_is_set_aside_and_the_one_before_resumes(
+    damage, what, two_checkpoints, uninterrupted, crash_model, crash_data
+):
+    out = fresh_copy(two_checkpoints)
+    damage(out / "checkpoints" / f"checkpoint-{2 * STEPS_PER_EPOCH}")
+    resumed = run_cli(*train_command(crash_model, crash_data, out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Traceback" not in resumed.stderr
+    assert (
+        f"hf_tl: checkpoint-48 is damaged ({what}" in resumed.stdout
+        and f"moved to damaged-checkpoint-48; resuming from {out / 'checkpoints' / 'checkpoint-24'}" in resumed.stdout
+    ), resumed.stdout
+    assert results(out) == uninterrupted
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_is_never_picked_again_and_with_none_left_training_starts_over(
+    two_checkpoints, crash_model, crash_data, capsys
+):
+    out = fresh_copy(two_checkpoints)
+    checkpoints = out / "checkpoints"
+    recipe = load_recipe("quickstart", train_command(crash_model, crash_data, out)[4:])
+    cut_in_half(checkpoints / "checkpoint-48" / "optimizer.pt")
+    for _again in range(2):
+        assert resume_point(recipe, checkpoints) == str(checkpoints / "checkpoint-24")
+    first, again = capsys.readouterr().out.splitlines()
+    assert first.startswith("hf_tl: checkpoint-48 is damaged (optimizer.pt is truncated or corrupt: ")
+    assert again.startswith("hf_tl: resuming from")
+    assert (checkpoints / "damaged-checkpoint-48" / "optimizer.pt").is_file(), "kept, under a name resume ignores"
+
+    (checkpoints / "checkpoint-24" / "trainer_state.json").unlink()
+    assert resume_point(recipe, checkpoints) is None
+    assert capsys.readouterr().out == (
+        "hf_tl: checkpoint-24 is damaged (trainer_state.json missing), moved to damaged-checkpoint-24; "
+        "no usable checkpoint is left, so training starts over\n"
+    )
+
+
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(uninterrupted, crash_model, crash_data, tmp_path):
     out = tmp_path / "run"
     command = train_command(crash_model, crash_data, out)
@@ -151,11 +246,48 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(uninterrupted, crash_
     tail = process.stdout.read()
     assert process.wait() == 1
     assert "interrupted" in tail and "the same command" in tail and "Traceback" not in tail
+    assert f"continue with the same command plus output.dir={shlex.quote(str(out))}\n" in tail
     assert (out / "checkpoints" / f"checkpoint-{STEPS_PER_EPOCH}").is_dir()
 
     resumed = run_cli(*command)
     assert resumed.returncode == 0, resumed.stderr
     assert results(out) == uninterrupted
+
+
+def test_ctrl_c_says_what_resumes_a_timestamped_run_with_resume_never(uninterrupted, crash_model, crash_data, tmp_path):
+    """The same command alone would not: the default output.dir is a new folder each time, and
+    training.resume=never deletes the checkpoints. What the message says to add, pasted, resumes the run."""
+    command = [a for a in train_command(crash_model, crash_data, tmp_path) if not a.startswith("output.dir=")]
+    command.append("training.resume=never")
+    process = start(command, cwd=tmp_path)  # into tmp_path/runs/quickstart-<timestamp>
+    wait_for_epoch_between(process, 1.0, 2.0)
+    process.send_signal(signal.SIGINT)
+    tail = process.stdout.read()
+    assert process.wait() == 1
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    added = pasted(tail[tail.rindex("error: interrupted") :], "continue with the same command plus ")
+    assert added == [f"output.dir={run_dir.relative_to(tmp_path)}", "training.resume=auto"]
+
+    resumed = run_cli(*command, *added, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from runs/" in resumed.stdout
+    assert list((tmp_path / "runs").iterdir()) == [run_dir]
+    assert results(run_dir) == uninterrupted
+
+
+def test_resume_command_quotes_the_folder_and_undoes_what_would_discard_the_checkpoints(crash_data, tmp_path):
+    folder = tmp_path / "my run"  # a space: quoted, or the pasted command splits the folder in two
+    folder.mkdir()
+    quoted = f"output.dir={shlex.quote(str(folder))}"
+    assert shlex.split(quoted) == [f"output.dir={folder}"]
+    both = f"the same command plus {quoted} training.resume=auto output.overwrite=false"
+    assert resume_command(folder) == both  # no recipe.yaml to read: undo both, right whatever they were
+    (folder / "recipe.yaml").write_text("training:\n  resume: never\noutput:\n  overwrite: true\n")
+    assert resume_command(folder) == both
+    (folder / "recipe.yaml").write_text("training:\n  resume: auto\noutput:\n  overwrite: false\n")
+    assert resume_command(folder) == f"the same command plus {quoted}"
+    recipe = load_recipe("quickstart", [f"data.dataset={crash_data}", "training.resume=never"])
+    assert resume_command(folder, recipe) == f"the same command plus {quoted} training.resume=auto"
 
 
 def test_resume_never_starts_over(uninterrupted, crash_model, crash_data, tmp_path):
@@ -198,7 +330,8 @@ def test_full_disk_while_saving_keeps_the_last_checkpoint(crash_model, crash_dat
     out = tmp_path / "run"
     space_freed = fill_the_disk_when_writing(monkeypatch, f"checkpoint-{2 * STEPS_PER_EPOCH}")
     recipe = load_recipe("quickstart", train_command(crash_model, crash_data, out)[4:])
-    with pytest.raises(HfTlError, match=r"the disk is full.*checkpoint-24, is intact.*run the same command again"):
+    resume = re.escape(f"resume with the same command plus output.dir={shlex.quote(str(out))}")
+    with pytest.raises(HfTlError, match=rf"the disk is full.*checkpoint-24, is intact.*{resume}$"):
         run(recipe)
     checkpoints = out / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == [f"checkpoint-{STEPS_PER_EPOCH}"]
@@ -214,7 +347,8 @@ def test_full_disk_while_writing_the_model_keeps_the_checkpoints(crash_model, cr
     out = tmp_path / "run"
     space_freed = fill_the_disk_when_writing(monkeypatch, ".model.partial")
     recipe = load_recipe("quickstart", train_command(crash_model, crash_data, out)[4:] + ["training.epochs=1"])
-    with pytest.raises(HfTlError, match=r"could not write the trained model.*disk is full.*run the same command"):
+    finish = re.escape(f"finish with the same command plus output.dir={shlex.quote(str(out))}")
+    with pytest.raises(HfTlError, match=rf"could not write the trained model.*disk is full.*{finish}$"):
         run(recipe)
     assert not (out / "model").exists() and not (out / ".model.partial").exists()
     assert (out / "checkpoints" / f"checkpoint-{STEPS_PER_EPOCH}").is_dir()
@@ -222,6 +356,26 @@ def test_full_disk_while_writing_the_model_keeps_the_checkpoints(crash_model, cr
     space_freed()
     run(recipe)
     assert (out / "model" / "model.safetensors").exists() and (out / "metrics.json").exists()
+
+
+def test_a_run_stopped_after_its_final_checkpoint_resumes_to_the_uninterrupted_numbers(
+    uninterrupted, crash_model, crash_data, tmp_path, monkeypatch
+):
+    """Resumed from the last epoch's checkpoint, train() runs no epoch: the loss sums must come back all the same."""
+    out = tmp_path / "run"
+    command = train_command(crash_model, crash_data, out)
+    fill_the_disk_when_writing(monkeypatch, ".model.partial")  # the run stops after its final checkpoint
+    with pytest.raises(HfTlError, match="could not write the trained model") as failed:
+        run(load_recipe("quickstart", command[4:]))
+    last = out / "checkpoints" / f"checkpoint-{EPOCHS * STEPS_PER_EPOCH}"
+    assert last.is_dir() and not (out / "metrics.json").exists()
+    added = pasted(str(failed.value), "finish with the same command plus ")
+    assert added == [f"output.dir={out}"]
+
+    resumed = run_cli(*command, *added)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {last}" in resumed.stdout
+    assert results(out) == uninterrupted  # every logged loss and train_loss, exactly
 
 
 # --- bad input ----------------------------------------------------------------------------------------
