@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -9,13 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset, load_from_disk
 
 from hf_tl.environment import no_accelerator
 from hf_tl.errors import DataError
 from hf_tl.image_check import drop_or_refuse_bad_images
 from hf_tl.preprocess import Preprocess, draw_flips, to_uint8
 from hf_tl.recipe import DataSection
+
+LABEL_NAMES = ("label", "labels", "class")  # a label column found by its name when none is a ClassLabel
+HELD_OUT = "held out"
+VALIDATION = "validation"  # the split name eval takes for a run's held-out validation split
 
 
 @dataclass
@@ -32,7 +37,7 @@ class Splits:
 def load_splits(cfg: DataSection, seed: int) -> Splits:
     """Train and eval sets with a ClassLabel label column; eval is seeded-split from train if absent."""
     dataset = open_dataset(cfg)
-    train = _split(dataset, cfg.train_split, "data.train_split")
+    train = _split(dataset, cfg.train_split, "data.train_split", cfg.dataset)
     image_column, label_column = detect_columns(train, cfg)
     skipped: dict[str, int] = {}
     # Every image is decoded once before training. A run capped by max_*_samples checks only what it keeps,
@@ -53,21 +58,23 @@ def load_splits(cfg: DataSection, seed: int) -> Splits:
             "validation would see the training images."
         )
     if cfg.eval_split:
-        eval_set, eval_name = _split(dataset, cfg.eval_split, "data.eval_split"), cfg.eval_split
+        eval_set, eval_name = _split(dataset, cfg.eval_split, "data.eval_split", cfg.dataset), cfg.eval_split
         eval_source = eval_name
     elif "validation" in dataset:
         eval_set, eval_name = dataset["validation"], "validation"
         eval_source = eval_name
     else:
         train, eval_set = _seeded_split(train, label_column, cfg.val_fraction, seed)
-        eval_name = f"{cfg.train_split}[{cfg.val_fraction:.0%} held out, seed {seed}]"
+        eval_name = held_out_name(cfg.train_split, cfg.val_fraction, seed)
         eval_source = None  # drawn from the train split, checked already
     if eval_source:
         eval_set = _labels_like(eval_set if capped else readable(eval_set, eval_source), train, label_column)
     labels = train.features[label_column].names
     if len(labels) < 2:
+        folders = " An image folder has one class per subfolder: put each class's images in a folder of its own."
         raise DataError(
             f"column '{label_column}' has {len(labels)} class(es): {labels}; classification needs at least 2."
+            + (folders if train.info.builder_name == "imagefolder" else "")
         )
     train = _first(train.shuffle(seed=seed), cfg.max_train_samples) if cfg.max_train_samples else train
     eval_set = _first(eval_set.shuffle(seed=seed), cfg.max_eval_samples) if cfg.max_eval_samples else eval_set
@@ -79,14 +86,27 @@ def load_splits(cfg: DataSection, seed: int) -> Splits:
     return Splits(train, eval_set, labels, image_column, label_column, eval_name, skipped)
 
 
+def held_out_name(train_split: str, fraction: float, seed: int) -> str:
+    """How a validation split carved out of the training split is named in metrics.json and the card."""
+    return f"{train_split}[{fraction:.0%} {HELD_OUT}, seed {seed}]"
+
+
+def is_held_out(split_name: str | None) -> bool:
+    """A split hf_tl carved out of the training split: `hf_tl.eval split=validation` makes it again."""
+    return bool(split_name) and f" {HELD_OUT}, seed " in split_name
+
+
 def open_dataset(cfg: DataSection) -> DatasetDict:
     """A Hub id, a directory written by save_to_disk, or any folder load_dataset understands."""
     path = Path(cfg.dataset).expanduser()
     if path.exists():
         try:
-            return _open_local(path, cfg.config_name)
-        except (ValueError, IndexError, OSError) as e:
+            dataset = _open_local(path, cfg.config_name)
+        except (ValueError, IndexError, KeyError, OSError) as e:
             raise DataError(f"could not read the dataset at '{cfg.dataset}': {e}") from None
+        if cfg.image_column is None:
+            _check_holds_images(dataset, cfg.dataset)
+        return dataset
     if cfg.dataset.startswith(("/", "./", "../", "~")) or cfg.dataset.count("/") > 1:
         raise DataError(f"dataset path '{cfg.dataset}' does not exist. Give an existing directory or a Hub id.")
     try:
@@ -99,23 +119,67 @@ def open_dataset(cfg: DataSection) -> DatasetDict:
 
 
 def _open_local(path: Path, config_name: str | None) -> DatasetDict:
-    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-        loaded = load_from_disk(str(path))
-        return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
-    return load_dataset(str(path), config_name)
+    if (path / "state.json").exists():
+        return DatasetDict({"train": _saved_split(path)})
+    if (path / "dataset_dict.json").exists():
+        names = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        return DatasetDict({name: _saved_split(path / name) for name in names})
+    loaded = load_dataset(str(path), config_name)
+    if all(_unlabelled_image_folder(split) for split in loaded.values()):
+        # datasets labels an image folder only when its images lie in 2 or more class folders. Asked to label it
+        # anyway, a folder of one class has that one class, which load_splits then names as the cause.
+        loaded = load_dataset(str(path), config_name, drop_labels=False)
+    return loaded
+
+
+def _saved_split(path: Path) -> Dataset:
+    """One split written by save_to_disk. datasets writes an empty split with no data file, which its own
+    load_from_disk cannot read back ("list index out of range"): it is read here as the empty split it is."""
+    state = json.loads((path / "state.json").read_text())
+    if state.get("_data_files"):
+        return load_from_disk(str(path))
+    features = Features.from_dict(json.loads((path / "dataset_info.json").read_text())["features"])
+    return Dataset.from_dict({name: [] for name in features}, features=features)
+
+
+def _unlabelled_image_folder(split: Dataset) -> bool:
+    features = split.features.values()
+    return split.info.builder_name == "imagefolder" and all(isinstance(f, Image) for f in features)
+
+
+def _check_holds_images(dataset: DatasetDict, name: str) -> None:
+    """A local folder of files datasets reads as something else (text, audio, ...) holds no images: say so, rather
+    than ask for columns it cannot have."""
+    builders = {split.info.builder_name or "" for split in dataset.values()}
+    has_images = any(isinstance(f, Image) for split in dataset.values() for f in split.features.values())
+    if has_images or not any(b == "text" or b.endswith("folder") for b in builders):
+        return
+    raise DataError(
+        f"no images found in '{name}': datasets read its files as {', '.join(sorted(builders))} data. An image "
+        "folder holds image files (.png, .jpg, ...) in one folder per class, e.g. train/cat/001.png."
+    )
 
 
 def detect_columns(dataset: Dataset, cfg: DataSection) -> tuple[str, str]:
-    """The Image and ClassLabel columns, unless the recipe names them."""
+    """The Image column and the label column, unless the recipe names them. The label column is the first
+    ClassLabel one, else a column named label, labels or class of any scalar type (class-encoded later)."""
+    image = detect_image_column(dataset, cfg.image_column)
     features = dataset.features
-    label = cfg.label_column or next((c for c, f in features.items() if isinstance(f, ClassLabel)), None)
+    label = cfg.label_column or _label_column(features)
     if label is None:
         raise DataError(
-            f"no column of a ClassLabel type found; set data.label_column=NAME. Columns: {_columns(dataset)}"
+            f"no column of a ClassLabel type found, nor one named {', '.join(LABEL_NAMES)}; set "
+            f"data.label_column=NAME. Columns: {_columns(dataset)}"
         )
     if label not in features:
         raise DataError(f"data.label_column='{label}' is not a column of this dataset. Columns: {_columns(dataset)}")
-    return detect_image_column(dataset, cfg.image_column), label
+    return image, label
+
+
+def _label_column(features: Features) -> str | None:
+    by_type = next((c for c, f in features.items() if isinstance(f, ClassLabel)), None)
+    by_name = (c for c, f in features.items() if c.lower() in LABEL_NAMES and isinstance(f, Value))
+    return by_type or next(by_name, None)
 
 
 def detect_image_column(dataset: Dataset, name: str | None, key: str = "data.image_column") -> str:
@@ -215,9 +279,15 @@ def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
     }
 
 
-def _split(dataset: DatasetDict, name: str, key: str) -> Dataset:
+def _split(dataset: DatasetDict, name: str, key: str, source: str) -> Dataset:
     if name not in dataset:
         raise DataError(f"{key}='{name}' is not a split of this dataset. Splits: {', '.join(dataset)}")
+    if len(dataset[name]) == 0:
+        sizes = ", ".join(f"{split} ({len(examples)} examples)" for split, examples in dataset.items())
+        raise DataError(
+            f"{key}='{name}' is an empty split of '{source}': it holds no examples. Fill it, or choose another "
+            f"split. Splits: {sizes}"
+        )
     return dataset[name]
 
 

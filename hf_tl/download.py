@@ -7,10 +7,13 @@ with (recipe.yaml), then how to evaluate it with `python -m hf_tl.eval`.
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
 from pathlib import Path
 
 from hf_tl.card import load_card, recorded_results
+from hf_tl.data import VALIDATION, is_held_out
 from hf_tl.errors import cli
 from hf_tl.hub import download
 from hf_tl.rundir import RECIPE_FILE
@@ -55,10 +58,41 @@ def main(argv: list[str] | None = None) -> None:
     path = download(args.repo_id, revision=args.revision, local_dir=args.dir)
     print(f"downloaded {args.repo_id}{f'@{args.revision}' if args.revision else ''} to {path}")
     print(describe(path))
+    print(f"evaluate it: {eval_command(path, args.revision)}")
+
+
+def eval_command(path: Path, revision: str | None = None) -> str:
+    """The `hf_tl.eval` command for a downloaded checkpoint, on the data its card records results for.
+
+    A split the run held out of its training split is named `validation`, which hf_tl.eval carves again.
+    The command names the revision that was downloaded, and trusts the code of an MLP head the checkpoint
+    ships, without which it cannot be loaded.
+    """
     card = load_card(path)
     recorded = recorded_results(card) if card else []
-    dataset, split = (recorded[0]["dataset"], recorded[0]["split"]) if recorded else ("DATASET", "test")
-    print(f"evaluate it: python -m hf_tl.eval model={path} dataset={dataset} split={split}")
+    model = shlex.join(["python", "-m", "hf_tl.eval", f"model={path}"])
+    loading = shlex.join(_loading_args(path, revision))
+    if not recorded:
+        return f"{model} dataset=<a labelled dataset> split=<its split> {loading}".rstrip()
+    dataset, config, split = recorded[0]["dataset"], recorded[0]["config"], recorded[0]["split"]
+    words = [f"dataset={dataset}", *([f"config_name={config}"] if config else [])]
+    words.append(f"split={VALIDATION if is_held_out(split) else split}")
+    return f"{model} {shlex.join(words)} {loading}".rstrip()
+
+
+def _loading_args(path: Path, revision: str | None) -> list[str]:
+    """What hf_tl.eval needs to load this checkpoint as it was downloaded."""
+    words = [f"revision={revision}"] if revision else []
+    return words + (["trust_remote_code=true"] if ships_model_code(path) else [])
+
+
+def ships_model_code(path: Path) -> bool:
+    """The checkpoint's classes come with it (an hf_tl MLP head, or another custom class): config.json says so."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):  # no config.json, or not JSON: transformers' own error says so at load time
+        return False
+    return isinstance(config, dict) and bool(config.get("hf_tl_mlp_heads") or config.get("auto_map"))
 
 
 if __name__ == "__main__":

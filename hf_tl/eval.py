@@ -10,6 +10,7 @@ and split, they are printed beside these, with the difference.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -25,16 +26,34 @@ from tqdm.auto import tqdm
 
 from hf_tl.backbones import load_model, load_processor
 from hf_tl.card import CARD_FILE, HUB_METRICS, is_hub_id, load_card, recorded_results
-from hf_tl.command_line import default_device, parse_key_values, resolve_model, slug
-from hf_tl.data import collate_images, detect_columns, image_transform, loader_workers, open_dataset, preprocess_for
+from hf_tl.command_line import (
+    command_help,
+    parse_key_values,
+    resolve_device,
+    resolve_model,
+    slug,
+    wants_help,
+)
+from hf_tl.data import (
+    VALIDATION,
+    collate_images,
+    detect_columns,
+    image_transform,
+    is_held_out,
+    load_splits,
+    loader_workers,
+    open_dataset,
+)
 from hf_tl.environment import library_versions
-from hf_tl.errors import DataError, cli
+from hf_tl.errors import DataError, RecipeError, cli
 from hf_tl.image_check import drop_or_refuse_bad_images
-from hf_tl.metrics import full_metrics
+from hf_tl.metrics import confusion_counts, full_metrics
+from hf_tl.paths import check_output_folder
 from hf_tl.plots import CONFUSION_FILE, confusion_matrix
 from hf_tl.preprocess import Preprocess, to_device
-from hf_tl.recipe import DataSection, ModelSection, option, same_option
-from hf_tl.rundir import MODEL_DIR, write_json
+from hf_tl.processors import INTERPOLATION_CHOICES, preprocess_of
+from hf_tl.recipe import DataSection, ModelSection, Recipe, load_recipe, option, same_option
+from hf_tl.rundir import MODEL_DIR, RECIPE_FILE, write_json
 
 EVAL_FILE = "eval.json"
 LABEL_MODES = ("by_name", "by_index")
@@ -43,8 +62,14 @@ LABEL_MODES = ("by_name", "by_index")
 @dataclass
 class EvalArgs:
     model: str = option(MISSING, "Hub id or local directory of an image-classification checkpoint.")
-    dataset: str = same_option(DataSection, "dataset")
-    split: str = option("test", "Split to evaluate on.")
+    dataset: Optional[str] = option(
+        None, "Hub id or directory of a labelled dataset; default, for an hf_tl run or checkpoint, its own."
+    )
+    split: str = option(
+        "test",
+        "Split to evaluate on. 'validation' on an hf_tl run or checkpoint whose dataset has no such split is the "
+        "part of the training split the run held out, carved again exactly as the run did.",
+    )
     config_name: Optional[str] = same_option(DataSection, "config_name")
     revision: Optional[str] = option(None, "Hub revision (branch, tag or commit) of the model.")
     labels: str = option("by_name", "Map dataset labels onto the model's id2label by name, or by index.", LABEL_MODES)
@@ -53,7 +78,9 @@ class EvalArgs:
     image_column: Optional[str] = same_option(DataSection, "image_column")
     label_column: Optional[str] = same_option(DataSection, "label_column")
     max_samples: Optional[int] = option(None, "Evaluate only the first N examples of the split.", min=1)
-    interpolation: str = same_option(DataSection, "interpolation")
+    interpolation: Optional[str] = option(
+        None, "Resize filter; default the checkpoint's own, as its image processor says.", INTERPOLATION_CHOICES
+    )
     num_workers: Optional[int] = same_option(DataSection, "num_workers")
     device: Optional[str] = option(None, "cpu, cuda, cuda:1, ...; default: the accelerator if there is one.")
     trust_remote_code: bool = option(False, "Run model code shipped with the checkpoint (hf_tl MLP heads need it).")
@@ -76,9 +103,12 @@ def evaluate(args: EvalArgs) -> dict:
             "use it only for checkpoints from sources you trust.",
             file=sys.stderr,
         )
-    dataset = _load_split(args)
+    recipe = _take_the_runs_dataset(args) if args.dataset is None else _read_as_the_run_did(args)
+    device = resolve_device(args.device)  # a device or an output folder that cannot be used: said before any work
+    output = check_output_folder(Path(args.output) if args.output else default_output(args), "output")
+    dataset, split_name = _load_split(args, recipe)
     image_column, label_column = detect_columns(dataset, _data_section(args))
-    dataset, skipped = drop_or_refuse_bad_images(dataset, image_column, args.on_bad_image, args.split)
+    dataset, skipped = drop_or_refuse_bad_images(dataset, image_column, args.on_bad_image, split_name)
     model, processor = _load_model(args)
     model_labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
     dataset_labels, name_of = _dataset_labels(dataset, label_column)
@@ -91,23 +121,20 @@ def evaluate(args: EvalArgs) -> dict:
         out["labels"] = [index[name_of(v)] for v in batch[label_column]]
         return out
 
-    device = torch.device(args.device) if args.device else default_device()
     model = model.to(device).eval()
-    preprocess = preprocess_for(processor, _data_section(args))
+    preprocess = preprocess_of(processor, args.interpolation)  # what pipeline() does with this checkpoint
     logits, references, seconds = _predict(model, dataset.with_transform(with_model_ids), preprocess, args, device)
     metrics = full_metrics(logits, references)
     metrics["per_class_accuracy"] = dict(zip(model_labels, metrics["per_class_accuracy"], strict=True))
-    output = Path(args.output) if args.output else default_output(args)
-    counts = np.zeros((len(model_labels), len(model_labels)), dtype=np.int64)
-    np.add.at(counts, (references, logits.argmax(axis=1)), 1)
-    split_name = f"{args.dataset}{f' ({args.config_name})' if args.config_name else ''} / {args.split}"
-    confusion_matrix(counts, model_labels, output / CONFUSION_FILE, title=f"{args.model} on {split_name}")
+    counts = confusion_counts(references, logits.argmax(axis=1), len(model_labels))
+    where = f"{args.dataset}{f' ({args.config_name})' if args.config_name else ''} / {split_name}"
+    confusion_matrix(counts, model_labels, output / CONFUSION_FILE, title=f"{args.model} on {where}")
     result = {
         "model": args.model,
         "revision": args.revision,
         "dataset": args.dataset,
         "config_name": args.config_name,
-        "split": args.split,
+        "split": split_name,
         "num_examples": len(references),
         "skipped_images": skipped,
         "labels": args.labels,
@@ -120,7 +147,7 @@ def evaluate(args: EvalArgs) -> dict:
             "batch_size": args.batch_size,
             "device": str(device),
         },
-        "card": compare_with_card(args, metrics),
+        "card": compare_with_card(args, metrics, split_name),
         "versions": library_versions(),
     }
     write_json(output / EVAL_FILE, result)
@@ -153,8 +180,9 @@ def map_labels(dataset_labels: list[str], model_labels: list[str], how: str) -> 
     return [position[name] for name in dataset_labels]
 
 
-def compare_with_card(args: EvalArgs, metrics: dict) -> dict | None:
+def compare_with_card(args: EvalArgs, metrics: dict, split_name: str | None = None) -> dict | None:
     """The results the model's card records on this dataset and split, beside this evaluation's."""
+    split_name = split_name or args.split
     card = _model_card(args)
     if card is None:
         return None
@@ -163,7 +191,7 @@ def compare_with_card(args: EvalArgs, metrics: dict) -> dict | None:
         r
         for r in recorded
         if _same_dataset(r["dataset"], args.dataset)
-        and r["split"] == args.split
+        and r["split"] == split_name
         and (r["config"] or None) == (args.config_name or None)
     ]
     if not same:
@@ -184,16 +212,111 @@ def default_output(args: EvalArgs) -> Path:
     return Path("evals") / f"{slug(args.model)}__{slug(args.dataset)}__{slug(args.split)}"
 
 
-def _load_split(args: EvalArgs) -> Dataset:
+def run_recipe(model: str, revision: str | None, *, needed_for: str, instead: str) -> Recipe | None:
+    """The recipe of the hf_tl run that made `model`: a run folder's, or recipe.yaml beside a pushed checkpoint.
+
+    None when there is no recipe.yaml. Read only where it is `needed_for` something: one that hf_tl cannot read
+    (another framework's file of the same name, or another hf_tl version's) is an error that names it and says
+    to pass `instead`.
+    """
+    found = run_recipe_file(model, revision)
+    return None if found is None else _read_run_recipe(found, needed_for, instead)
+
+
+def run_recipe_file(model: str, revision: str | None = None) -> Path | None:
+    """Where the recipe.yaml of the run that made `model` is, if it has one: read nothing from it yet."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        candidates = [path / RECIPE_FILE, path.parent / RECIPE_FILE if path.name == MODEL_DIR else None]
+        return next((c for c in candidates if c is not None and c.is_file()), None)
+    return _hub_file(model, RECIPE_FILE, revision) if is_hub_id(model) else None
+
+
+def _read_run_recipe(found: Path, needed_for: str, instead: str) -> Recipe:
+    try:
+        return load_recipe(str(found))
+    except RecipeError as e:
+        reason = " ".join(str(e).split())  # the error stays one line
+        raise DataError(
+            f"{found} is not a recipe this hf_tl can read ({reason}), and {needed_for} needs it; pass {instead}."
+        ) from None
+
+
+def _take_the_runs_dataset(args: EvalArgs) -> Recipe:
+    """No dataset= given: the run's own, read as the run read it, with its config and columns unless given."""
+    found = run_recipe_file(args.model, args.revision)
+    if found is None:
+        raise RecipeError("'dataset=' is required: the model is not an hf_tl run, so it names no dataset.")
+    recipe = _read_run_recipe(
+        found,
+        "finding the dataset it was trained on",
+        "dataset= (and config_name=, image_column=, label_column= as the run had them)",
+    )
+    data = recipe.data
+    if not is_hub_id(data.dataset) and not Path(data.dataset).expanduser().exists():
+        raise DataError(
+            f"the run's dataset '{data.dataset}' (data.dataset in {found}) does not exist here (looked for "
+            f"{Path(data.dataset).expanduser().absolute()}); pass dataset= with where that dataset is now."
+        )
+    args.dataset = data.dataset
+    for key, value in _run_settings_unless_given(args, data).items():
+        setattr(args, key, value)
+    return recipe
+
+
+def _read_as_the_run_did(args: EvalArgs) -> Recipe | None:
+    """dataset= naming the run's own dataset (as its card's command and hf_tl.download's do): its config and
+    columns come from the run, unless given. The recipe is not needed for that: one hf_tl cannot read is passed over."""
+    found = run_recipe_file(args.model, args.revision)
+    try:
+        recipe = load_recipe(str(found)) if found else None
+    except RecipeError:
+        return None
+    if recipe is not None and _same_dataset(recipe.data.dataset, args.dataset):
+        for key, value in _run_settings_unless_given(args, recipe.data).items():
+            setattr(args, key, value)
+    return recipe
+
+
+def _load_split(args: EvalArgs, recipe: Recipe | None) -> tuple[Dataset, str]:
+    """The split to evaluate and its name; `validation` of a run that held one out is carved again, as it was."""
     splits = open_dataset(_data_section(args))
-    if args.split not in splits:
-        raise DataError(f"split='{args.split}' is not a split of '{args.dataset}'. Splits: {', '.join(splits)}")
-    dataset = splits[args.split]
+    if args.split == VALIDATION and args.split not in splits and recipe is None:  # only now is the recipe needed
+        splits_here = f"split= one of the splits of '{args.dataset}': {', '.join(splits)}"
+        needed_for = "carving the run's held-out split=validation again"
+        recipe = run_recipe(args.model, args.revision, needed_for=needed_for, instead=splits_here)
+    if args.split in splits:
+        dataset, name = splits[args.split], args.split
+    elif args.split == VALIDATION and recipe is not None:
+        dataset, name = _held_out_validation(recipe, args)
+    else:
+        is_run = recipe is not None or run_recipe_file(args.model, args.revision) is not None
+        hint = "; split=validation on an hf_tl run is the part of train it held out" if is_run else ""
+        raise DataError(f"split='{args.split}' is not a split of '{args.dataset}'. Splits: {', '.join(splits)}{hint}")
     if args.max_samples:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     if len(dataset) == 0:
-        raise DataError(f"the split '{args.split}' of '{args.dataset}' is empty.")
-    return dataset
+        raise DataError(f"the split '{name}' of '{args.dataset}' is empty.")
+    return dataset, name
+
+
+def _held_out_validation(recipe: Recipe, args: EvalArgs) -> tuple[Dataset, str]:
+    """The run's own validation split: its data settings and seed, on `args.dataset`, through training's code."""
+    data = dataclasses.replace(recipe.data, dataset=args.dataset, **_run_settings_unless_given(args, recipe.data))
+    splits = load_splits(data, recipe.training.seed)
+    if not is_held_out(splits.eval_split):
+        raise DataError(
+            f"the run validated on '{splits.eval_split}', not on a part of train it held out; "
+            f"pass split={splits.eval_split}."
+        )
+    # the config and columns it was carved with are the ones evaluated: the run's, unless given
+    args.config_name, args.image_column, args.label_column = data.config_name, splits.image_column, splits.label_column
+    return splits.eval, splits.eval_split
+
+
+def _run_settings_unless_given(args: EvalArgs, data: DataSection) -> dict[str, str | None]:
+    """How the run read its dataset (config, columns), where the command line does not say otherwise."""
+    return {key: getattr(args, key) or getattr(data, key) for key in ("config_name", "image_column", "label_column")}
 
 
 def _data_section(args: EvalArgs) -> DataSection:
@@ -202,7 +325,6 @@ def _data_section(args: EvalArgs) -> DataSection:
         config_name=args.config_name,
         image_column=args.image_column,
         label_column=args.label_column,
-        interpolation=args.interpolation,
         hflip=False,
     )
 
@@ -256,11 +378,17 @@ def _model_card(args: EvalArgs):
         return load_card(path) or (load_card(path.parent) if path.name == MODEL_DIR else None)
     if not is_hub_id(args.model):
         return None
-    try:
-        from huggingface_hub import hf_hub_download
+    found = _hub_file(args.model, CARD_FILE, args.revision)
+    return load_card(found) if found else None
 
-        return load_card(Path(hf_hub_download(args.model, CARD_FILE, revision=args.revision)))
-    except Exception:  # no card, no network and no cache: nothing to compare with
+
+def _hub_file(repo_id: str, filename: str, revision: str | None) -> Path | None:
+    """A file of a Hub repository (from the cache when offline), or None when there is none to be had."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
+    except Exception:  # no such file, no network and no cache: nothing to read
         return None
 
 
@@ -296,7 +424,11 @@ def _some(names: list[str]) -> str:
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    evaluate(parse_args(sys.argv[1:] if argv is None else argv))
+    argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv):
+        print(command_help(__doc__, [("keys", EvalArgs, "")]))
+        return
+    evaluate(parse_args(argv))
 
 
 if __name__ == "__main__":

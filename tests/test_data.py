@@ -200,7 +200,8 @@ def test_no_class_label_column_says_to_set_label_column(small):
     with pytest.raises(DataError) as info:
         detect_columns(data, cfg("x"))
     assert str(info.value) == (
-        "no column of a ClassLabel type found; set data.label_column=NAME. Columns: image (Image), name (Value)"
+        "no column of a ClassLabel type found, nor one named label, labels, class; set data.label_column=NAME. "
+        "Columns: image (Image), name (Value)"
     )
 
 

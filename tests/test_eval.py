@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY_VIT, run_cli
+import yaml
+from conftest import TINY_VIT, digits, exit_status_of, run_cli
 from datasets import ClassLabel, DatasetDict, Features, Value, load_from_disk
 from PIL import Image
 
 from hf_tl.data import collate, make_transform
 from hf_tl.errors import DataError, HfTlError, RecipeError
 from hf_tl.eval import EVAL_FILE, evaluate, parse_args
+from hf_tl.eval import main as evaluation_main
 from hf_tl.plots import CONFUSION_FILE, confusion_matrix
 from hf_tl.recipe import DataSection, load_recipe
 from hf_tl.train import run
@@ -243,3 +248,121 @@ def test_confusion_matrix_draws_any_label(tmp_path):
     counts = torch.randint(0, 9, (4, 4)).numpy()
     path = confusion_matrix(counts, ["$x^2$", "a|b", "<b>", "unclosed $"], tmp_path / "cm.png", title="on $data")
     assert Image.open(path).format == "PNG"
+
+
+SIZES = ["small", "large"]
+CONFIGS_CARD = """---
+configs:
+- config_name: few
+  data_files:
+  - {split: train, path: few/train.parquet}
+  - {split: test, path: few/test.parquet}
+- config_name: all
+  data_files:
+  - {split: train, path: all/train.parquet}
+  - {split: test, path: all/test.parquet}
+---
+"""
+SPARSEML_RECIPE = """version: 1.1.0
+
+training_modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0.0
+    end_epoch: 10.0
+"""
+
+
+def two_label_digits(folder: Path) -> Path:
+    """Digits with two ClassLabel columns, `label` (digit_0..4) first and `size` (small: 0-1, large: 2-4) second,
+    in two configs of a parquet folder: `all`, and `few` (5 images a class); train and test of other images."""
+    every = digits(per_class=30)
+    every = every.map(lambda b: {"size": [int(v >= 2) for v in b["label"]]}, batched=True)
+    every = every.cast_column("size", ClassLabel(names=SIZES))
+    labels = every["label"]
+    rank = [i - labels.index(label) for i, label in enumerate(labels)]  # the image's place within its class
+    for config, per_class in (("few", 5), ("all", 15)):
+        (folder / config).mkdir(parents=True)
+        for split, first in (("train", 0), ("test", 15)):
+            rows = [i for i, r in enumerate(rank) if first <= r < first + per_class]
+            every.select(rows).to_parquet(str(folder / config / f"{split}.parquet"))
+    (folder / "README.md").write_text(CONFIGS_CARD)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def size_run(tiny_vit, tmp_path_factory):
+    """A run on the config `all` of two_label_digits, trained on its second ClassLabel column, `size`."""
+    data = two_label_digits(tmp_path_factory.mktemp("two-labels") / "two-labels")
+    overrides = ["data.config_name=all", "data.label_column=size", "data.eval_split=test", "training.epochs=1"]
+    run_dir = tmp_path_factory.mktemp("size-run") / "run"
+    recipe = load_recipe(
+        "quickstart",
+        [f"model.name={tiny_vit}", f"data.dataset={data}", *overrides, f"output.dir={run_dir}"],
+    )
+    run(recipe)
+    return SimpleNamespace(run_dir=run_dir, data=data, metrics=json.loads((run_dir / "metrics.json").read_text()))
+
+
+def reproduces(result: dict, metrics: dict) -> None:
+    assert result["num_examples"] == metrics["num_eval_examples"] == 5 * 15  # the config `all`, not `few`
+    assert result["label_mapping"] == {name: name for name in SIZES}
+    assert result["metrics"]["accuracy"] == pytest.approx(metrics["eval"]["accuracy"], abs=1e-9)
+    assert result["metrics"]["macro_f1"] == pytest.approx(metrics["eval"]["macro_f1"], abs=1e-9)
+
+
+def test_eval_reads_the_runs_dataset_with_its_config_and_columns(size_run, tmp_path):
+    """No dataset= given, or the run's own named (as the card's command does): the run's config and label
+    column come with it, and the run's validation metrics are reproduced."""
+    defaulted = evaluate(parse_args([f"model={size_run.run_dir}", f"output={tmp_path / 'a'}"]))
+    assert (defaulted["dataset"], defaulted["config_name"]) == (str(size_run.data), "all")
+    reproduces(defaulted, size_run.metrics)
+    reproduces(evaluate(args_for(size_run.run_dir, size_run.data, tmp_path / "b")), size_run.metrics)
+    with pytest.raises(DataError, match="the dataset's labels and the model's id2label differ"):  # given: it wins
+        evaluate(parse_args([f"model={size_run.run_dir}", "label_column=label", f"output={tmp_path / 'c'}"]))
+
+
+def test_a_relative_dataset_path_of_the_run_is_looked_for_here(size_run, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    shutil.copytree(size_run.run_dir, run_dir)
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    recipe["data"]["dataset"] = "./two-labels"  # as a run started in the dataset's parent folder records it
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(DataError) as error:
+        evaluate(parse_args([f"model={run_dir}", f"output={tmp_path / 'a'}"]))
+    assert str(error.value) == (
+        f"the run's dataset './two-labels' (data.dataset in {run_dir / 'recipe.yaml'}) does not exist here "
+        f"(looked for {tmp_path / 'elsewhere' / 'two-labels'}); pass dataset= with where that dataset is now."
+    )
+    monkeypatch.chdir(size_run.data.parent)
+    reproduces(evaluate(parse_args([f"model={run_dir}", f"output={tmp_path / 'b'}"])), size_run.metrics)
+
+
+def test_a_recipe_yaml_hf_tl_cannot_read_stops_only_what_needs_it(size_run, tmp_path, capsys):
+    """Another framework's recipe.yaml (SparseML's) beside the checkpoint: eval with dataset= does not read it; the
+    default dataset and a held-out validation split need it, and say on one line which file and what to pass."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(size_run.run_dir, run_dir)
+    (run_dir / "recipe.yaml").write_text(SPARSEML_RECIPE)
+    given = [f"model={run_dir}", f"dataset={size_run.data}", "config_name=all", "label_column=size"]
+    code, err = exit_status_of(evaluation_main, [*given, "split=test", f"output={tmp_path / 'a'}"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "a" / EVAL_FILE).read_text())["metrics"]["accuracy"] == pytest.approx(
+        size_run.metrics["eval"]["accuracy"], abs=1e-9
+    )
+    unreadable = f"error: {run_dir / 'recipe.yaml'} is not a recipe this hf_tl can read (recipe '"
+    code, err = exit_status_of(evaluation_main, [f"model={run_dir}", f"output={tmp_path / 'b'}"], capsys)
+    (line,) = err.splitlines()
+    assert code == 1 and line.startswith(unreadable), err
+    assert line.endswith(
+        "and finding the dataset it was trained on needs it; "
+        "pass dataset= (and config_name=, image_column=, label_column= as the run had them)."
+    )
+    code, err = exit_status_of(evaluation_main, [*given, "split=validation", f"output={tmp_path / 'c'}"], capsys)
+    (line,) = err.splitlines()
+    assert code == 1 and line.startswith(unreadable), err
+    assert line.endswith(
+        "and carving the run's held-out split=validation again needs it; "
+        f"pass split= one of the splits of '{size_run.data}': train, test."
+    )

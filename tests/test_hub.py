@@ -338,7 +338,7 @@ def test_scrub_and_transient_errors():
     from huggingface_hub.errors import HfHubHTTPError
 
     assert scrub(f"Bearer {TOKEN} failed", TOKEN) == "Bearer *** failed"
-    assert scrub("token hf_abcdefghijklmnop leaked", None) == "token hf_*** leaked"
+    assert scrub("token hf_abcdefghijklmnopqrstuvwxyz01234567 leaked", None) == "token hf_*** leaked"
 
     def http_error(status: int) -> HfHubHTTPError:
         return HfHubHTTPError("x", response=SimpleNamespace(status_code=status, headers={}, request=None))
@@ -354,3 +354,108 @@ def test_the_card_is_rewritten_from_the_folder_alone(pushed, tmp_path):
     (folder / "README.md").unlink()
     write_card(folder)
     assert (folder / "README.md").read_text() == (pushed.run_dir / "README.md").read_text()
+
+
+def push_held_out_run(model, data, run_dir, repo_id: str, *extra: str) -> SimpleNamespace:
+    """Train a run validated on the part of train it held out (data has only a train split) and push it."""
+    args = [a for a in train_args(model, data, run_dir) if a != "data.eval_split=test"]
+    with FakeHub(TOKEN) as hub:
+        result = run_cli(
+            sys.executable, "-m", "hf_tl.train", *args, *extra, "data.val_fraction=0.2", "hub.push=true",
+            f"hub.repo_id={repo_id}", HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN, HF_HUB_OFFLINE="0",
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return SimpleNamespace(run_dir=run_dir, hub=hub, metrics=json.loads((run_dir / "metrics.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def pushed_held_out(tiny_vit, digits_dir, tmp_path_factory):
+    return push_held_out_run(tiny_vit, digits_dir, tmp_path_factory.mktemp("pushed-held-out") / "run", "alice/held-out")
+
+
+def test_the_printed_eval_command_of_a_held_out_run_works_when_pasted(pushed_held_out, tmp_path):
+    """download prints an eval command; pasted, it evaluates the held-out split and agrees with the card."""
+    metrics = pushed_held_out.metrics
+    assert metrics["eval_split"] == "train[20% held out, seed 0]"  # the quickstart recipe's seed
+    repo = pushed_held_out.hub.repos["alice/held-out"]
+    cache = tmp_path / "hf-home" / "hub"
+    fill_hf_cache(cache, "alice/held-out", repo.files, repo.commits[-1]["oid"])
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_CACHE": str(cache), "HF_TOKEN": ""}
+    downloaded = run_cli(sys.executable, "-m", "hf_tl.download", "alice/held-out", cwd=tmp_path, **env)
+    assert downloaded.returncode == 0, downloaded.stderr[-3000:]
+    (printed,) = [line for line in downloaded.stdout.splitlines() if line.startswith("evaluate it: ")]
+    command = shlex.split(printed.removeprefix("evaluate it: "))
+    assert command[:3] == ["python", "-m", "hf_tl.eval"] and "split=validation" in command
+    evaluated = run_cli(sys.executable, *command[1:], f"output={tmp_path / 'eval'}", cwd=tmp_path, **env)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["split"] == metrics["eval_split"]
+    assert report["num_examples"] == metrics["num_eval_examples"]
+    assert report["metrics"]["accuracy"] == metrics["eval"]["accuracy"]
+    assert report["card"]["compared"]["accuracy"]["difference"] == 0.0
+
+
+def test_eval_of_a_run_folder_takes_its_own_dataset_and_held_out_split(pushed_held_out, tmp_path):
+    from hf_tl.eval import evaluate, parse_args
+
+    metrics = pushed_held_out.metrics
+    report = evaluate(parse_args([f"model={pushed_held_out.run_dir}", "split=validation", f"output={tmp_path}"]))
+    assert report["dataset"] == metrics["dataset"] and report["split"] == metrics["eval_split"]
+    assert report["metrics"]["accuracy"] == metrics["eval"]["accuracy"]
+    assert report["metrics"]["macro_f1"] == metrics["eval"]["macro_f1"]
+
+
+def test_the_cards_eval_command_names_the_runs_split(pushed_held_out):
+    card = ModelCard(pushed_held_out.hub.repos["alice/held-out"].files["README.md"].decode())
+    (command,) = [line for line in card.text.splitlines() if "-m hf_tl.eval" in line]
+    assert shlex.split(command) == ["python", "-m", "hf_tl.eval", "model=alice/held-out", "split=validation"]
+
+
+def test_a_model_that_is_not_a_run_needs_a_dataset(tiny_vit, tmp_path):
+    from hf_tl.errors import RecipeError
+    from hf_tl.eval import evaluate, parse_args
+
+    with pytest.raises(RecipeError, match="'dataset=' is required"):
+        evaluate(parse_args([f"model={tiny_vit}", f"output={tmp_path}"]))
+
+
+@pytest.fixture(scope="module")
+def pushed_mlp_head(tiny_vit, digits_dir, tmp_path_factory):
+    """A run with an MLP head (its checkpoint ships the head's code), validated on the part of train it held out."""
+    run_dir = tmp_path_factory.mktemp("pushed-mlp-head") / "run"
+    return push_held_out_run(tiny_vit, digits_dir, run_dir, "alice/mlp-head", "model.head=mlp")
+
+
+def test_the_printed_eval_command_of_a_revision_with_an_mlp_head_works_when_pasted(pushed_mlp_head, tmp_path):
+    """Downloaded at a revision, a checkpoint whose head ships its own code: the printed command names both."""
+    repo = pushed_mlp_head.hub.repos["alice/mlp-head"]
+    assert "hf_tl_mlp_head.py" in repo.files and "auto_map" in json.loads(repo.files["config.json"])
+    commit = repo.commits[-1]["oid"]
+    cache = tmp_path / "hf-home" / "hub"
+    fill_hf_cache(cache, "alice/mlp-head", repo.files, commit)
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_CACHE": str(cache), "HF_TOKEN": ""}
+    downloaded = run_cli(
+        sys.executable, "-m", "hf_tl.download", "alice/mlp-head", "--revision", commit, cwd=tmp_path, **env
+    )
+    assert downloaded.returncode == 0, downloaded.stderr[-3000:]
+    (printed,) = [line for line in downloaded.stdout.splitlines() if line.startswith("evaluate it: ")]
+    command = shlex.split(printed.removeprefix("evaluate it: "))
+    assert command[:3] == ["python", "-m", "hf_tl.eval"]
+    assert {"split=validation", f"revision={commit}", "trust_remote_code=true"} <= set(command)
+    evaluated = run_cli(sys.executable, *command[1:], f"output={tmp_path / 'eval'}", cwd=tmp_path, **env)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    metrics = pushed_mlp_head.metrics
+    assert (report["revision"], report["split"]) == (commit, metrics["eval_split"])
+    assert report["metrics"]["accuracy"] == metrics["eval"]["accuracy"]
+    assert report["card"]["compared"]["accuracy"]["difference"] == 0.0
+
+
+def test_the_eval_command_trusts_only_a_checkpoint_that_ships_code(tmp_path):
+    from hf_tl.download import eval_command
+
+    for name, config in (("linear", {"hf_tl_mlp_heads": []}), ("mlp", {"hf_tl_mlp_heads": ["classifier"]})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    assert "trust_remote_code" not in eval_command(tmp_path / "linear")
+    assert shlex.split(eval_command(tmp_path / "mlp", "v 1"))[-2:] == ["revision=v 1", "trust_remote_code=true"]
