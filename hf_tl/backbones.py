@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
-from huggingface_hub import try_to_load_from_cache
+from huggingface_hub import constants, try_to_load_from_cache
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 
 from hf_tl.blocks import layout
-from hf_tl.errors import HfTlError
+from hf_tl.command_line import check_model_source
+from hf_tl.errors import HfTlError, brief
 from hf_tl.mlp_head_code import mlp_head, set_head
 from hf_tl.recipe import ModelSection
 
@@ -25,6 +28,7 @@ def load_backbone(cfg: ModelSection, labels: list[str]) -> tuple[PreTrainedModel
 
 
 def load_model(cfg: ModelSection) -> PreTrainedModel:
+    check_model_source(cfg.name)
     kwargs = _hub_kwargs(cfg)
     try:
         if cfg.weights == "none":
@@ -37,7 +41,12 @@ def load_model(cfg: ModelSection) -> PreTrainedModel:
                 f"'{cfg.name}' ships its own model code (an hf_tl MLP head, or another custom class). Read it, and "
                 "if you trust its source, set trust_remote_code=true (model.trust_remote_code=true in a recipe)."
             ) from None
-        raise HfTlError(f"could not load model '{cfg.name}': {e}") from None
+        raise HfTlError(f"could not load model '{cfg.name}': {brief(e)}") from None
+    except SafetensorError as e:
+        raise HfTlError(
+            f"could not load model '{cfg.name}': its weights cannot be read ({brief(e)}). Its .safetensors file is "
+            "damaged or incomplete, as a copy or download cut short leaves it: copy or download the checkpoint again."
+        ) from None
     except OSError as e:
         if not cfg.allow_pickle and _has_only_pickle_weights(cfg):
             raise HfTlError(
@@ -68,6 +77,7 @@ def _weights_format(cfg: ModelSection) -> dict:
 
 
 def load_processor(cfg: ModelSection) -> object:
+    check_model_source(cfg.name)
     try:
         return AutoImageProcessor.from_pretrained(cfg.name, **_hub_kwargs(cfg))
     except OSError as e:
@@ -105,8 +115,34 @@ def _hub_kwargs(cfg: ModelSection) -> dict:
 
 
 def _unreachable(name: str, error: Exception) -> str:
+    status = _http_status(error)
+    if status in (401, 403, 404):  # the Hub answers 401 to a request without a token for a repository it hides
+        return (
+            f"the Hub refused model '{name}' (HTTP {status}): there is no such repository, or it is private or gated "
+            f"and {_token_source()} cannot read it. Check the name; for a private or gated model set HF_TOKEN to a "
+            "token that can read it (https://huggingface.co/settings/tokens) or run `hf auth login`; or pass a local "
+            "directory as model.name=/path/to/checkpoint."
+        )
     return (
-        f"could not load model '{name}': {error}\n"
+        f"could not load model '{name}': {brief(error)}\n"
         "  If this is a Hub id, the Hub may be unreachable: download it where there is network, "
         "or pass a local directory as model.name=/path/to/checkpoint (set HF_HUB_OFFLINE=1 to use only the cache)."
     )
+
+
+def _http_status(error: BaseException | None) -> int | None:
+    """The HTTP status of the Hub's answer behind `error` (transformers wraps huggingface_hub's errors)."""
+    while error is not None:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status:
+            return status
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _token_source() -> str:
+    """Which token the request carried (looked up as stored: get_token() may reach the network)."""
+    if os.environ.get("HF_TOKEN"):
+        return "the token in HF_TOKEN"
+    has_login = Path(constants.HF_TOKEN_PATH).is_file()
+    return "the token of the login cache (`hf auth login`)" if has_login else "a request without a token"

@@ -13,6 +13,7 @@ from dataclasses import replace
 import torch
 
 from hf_tl.backbones import load_model, replace_heads
+from hf_tl.command_line import recipe_help, wants_help
 from hf_tl.errors import cli
 from hf_tl.recipe import Recipe, recipe_from_argv
 from hf_tl.strategies import Summary, apply_strategy
@@ -33,6 +34,9 @@ def count_parameters(recipe: Recipe) -> Summary:
 @cli
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if wants_help(args):
+        print(recipe_help(__doc__, "--json  print the counts and the trainable modules as JSON."))
+        return
     as_json = "--json" in args
     summary = count_parameters(recipe_from_argv([a for a in args if a != "--json"]))
     if as_json:

@@ -17,9 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from hf_tl.rundir import CURVES_FILE as CURVES_FILE  # noqa: E402  (named with the run folder's entries)
 from hf_tl.rundir import written_atomically  # noqa: E402
 
-CURVES_FILE = "training_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
 ANNOTATE_UP_TO = 20  # classes; beyond this the counts would not fit in their cells
 
