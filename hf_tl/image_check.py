@@ -13,11 +13,13 @@ import PIL.Image
 from datasets import Dataset, Image
 
 from hf_tl.errors import DataError
+from hf_tl.phases import timed
 
 logger = logging.getLogger(__name__)
 SHOWN = 5
 
 
+@timed("image_check")
 def drop_or_refuse_bad_images(
     dataset: Dataset, column: str, on_bad_image: str, split: str, num_proc: int | None = None
 ) -> tuple[Dataset, int]:

@@ -6,13 +6,16 @@ gets cached. Which modules form the prefix is read from one traced forward pass,
 for any family without per-family forward code: the prefix is every module that has finished
 before the entry starts. While the cache feeds the model, each prefix module returns zeros of the
 shape it returned in the trace (nothing is computed), and a pre-hook hands the entry its cached
-inputs. `Split.verify` checks on real images that this gives the uncached logits; where a
+inputs. `plan_and_verify` checks on real images that this gives the uncached logits; where a
 model's code reads prefix values by another route, it does not, and the cache is not used.
+The whole probe is two traced forward passes (2 and 3 images) and one pass of the part after the
+cut; `Split.to_json` lets a feature store carry the verified split, so a run reusing it probes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import base64
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,12 +146,23 @@ class Split:
         """The fed model must give the logits of the whole model on these images, else NotCacheable."""
         was_training = model.training
         model.eval()
-        self.attach(model)
         try:
             with torch.no_grad():
                 expected = model(pixel_values=pixel_values).logits
-                self.feed.leaves = self.capture(model, pixel_values)
-                got = model(pixel_values=self.placeholder_pixels(len(pixel_values), pixel_values.device)).logits
+                leaves = self.capture(model, pixel_values)
+        finally:
+            model.train(was_training)
+        self.compare(model, leaves, expected)
+
+    def compare(self, model: nn.Module, leaves: list[torch.Tensor], expected: torch.Tensor) -> None:
+        """The model fed these entry inputs must give `expected`, the whole model's logits, else NotCacheable."""
+        was_training = model.training
+        model.eval()
+        self.attach(model)
+        try:
+            with torch.no_grad():
+                self.feed.leaves = list(leaves)
+                got = model(pixel_values=self.placeholder_pixels(len(expected), expected.device)).logits
         except Exception as e:  # the model's code used a placeholder in a way zeros cannot stand in for
             raise NotCacheable(
                 f"running the rest of the model on cached inputs failed ({type(e).__name__}: {e})"
@@ -161,6 +175,36 @@ class Split:
             raise NotCacheable(
                 f"this model's code reads the frozen part's values past {self.entries[0]} (logits differ by {gap:.2e})"
             )
+
+    def to_json(self) -> dict | None:
+        """The split as JSON, for a feature store to carry, so a run reusing the store needs no probe.
+
+        None when some traced value has no JSON form (then a reusing run probes the model again).
+        """
+        try:
+            return {
+                "entries": self.entries,
+                "prefix": self.prefix,
+                "pixel_shape": list(self.pixel_shape),
+                "inputs": {name: _call_to_json(call) for name, call in self.inputs.items()},
+                "outputs": {name: _call_to_json(call) for name, call in self.outputs.items()},
+            }
+        except (TypeError, ValueError, NotImplementedError, KeyError):
+            return None
+
+    @classmethod
+    def from_json(cls, data: dict, device: torch.device) -> Split | None:
+        """The split `to_json` wrote; None where it cannot be read back here (then the model is probed again)."""
+        try:
+            return cls(
+                list(data["entries"]),
+                list(data["prefix"]),
+                {name: _call_from_json(call, device) for name, call in data["inputs"].items()},
+                {name: _call_from_json(call, device) for name, call in data["outputs"].items()},
+                tuple(data["pixel_shape"]),
+            )
+        except (TypeError, ValueError, NotImplementedError, KeyError, AttributeError, RuntimeError):
+            return None
 
     def _offsets(self) -> dict[str, dict[int, int]]:
         """For each entry, which feed position holds each of its batched leaves."""
@@ -176,15 +220,37 @@ class _Captured(Exception):
 
 def plan(model: nn.Module, pixels: Callable[[int], torch.Tensor]) -> Split:
     """The split of this model (its trainable parameters already chosen); `pixels(n)` gives n real images."""
+    return _plan(model, pixels)[0]
+
+
+def plan_and_verify(model: nn.Module, pixels: Callable[[int], torch.Tensor]) -> tuple[Split, list[torch.Tensor]]:
+    """The split, verified on real images, and the cut's inputs for `pixels(PROBE_SIZES[1])` in eval mode.
+
+    Two traced forward passes and one pass of the part after the cut: the second trace's logits and
+    entry inputs serve the verification, so no pass runs twice.
+    """
+    split, traced = _plan(model, pixels)
+    leaves = _batched_leaves(split, traced["inputs"])
+    split.compare(model, leaves, traced["logits"])
+    return split, leaves
+
+
+def _plan(model: nn.Module, pixels: Callable[[int], torch.Tensor]) -> tuple[Split, dict]:
     parameters = {name: p.requires_grad for name, p in model.named_parameters()}
     trainable = [name for name, trains in parameters.items() if trains]
     if not trainable:
         raise NotCacheable("nothing trains")
-    starts = _trace(model, pixels(PROBE_SIZES[0]), [])["starts"]
+    parts = layout(model)
+    first_pixels = pixels(PROBE_SIZES[0])
+    # The first trace keeps, on the meta device, the inputs of every module that can be an entry.
+    small = _trace(model, first_pixels, _candidates(parts), on_meta=True)
+    order, starts, ends = small["order"], small["starts"], small["ends"]
     owners = sorted({name.rpartition(".")[0] for name in trainable}, key=lambda o: starts.get(o, [10**9])[0])
-    entries = _entries(layout(model), parameters, owners[0])
-    traces = [_trace(model, pixels(n), entries) for n in PROBE_SIZES]
-    order, starts, ends = traces[0]["order"], traces[0]["starts"], traces[0]["ends"]
+    entries = _entries(parts, parameters, owners[0])
+    missing = [e for e in entries if e not in small["inputs"]]
+    if missing:
+        raise NotCacheable(f"{missing[0]!r} is not called in the forward pass")
+    large = _trace(model, pixels(PROBE_SIZES[1]), entries, on_meta=False)
     entries.sort(key=lambda e: starts[e][0])
     first = starts[entries[0]][0]
     early = [o for o in owners if starts.get(o, [first])[0] < first]
@@ -199,32 +265,45 @@ def plan(model: nn.Module, pixels: Callable[[int], torch.Tensor]) -> Split:
         raise NotCacheable(f"nothing frozen runs before {entries[0]!r}")
     if any(len(starts[n]) != 1 for n in prefix + entries):
         raise NotCacheable("a frozen module or the entry runs more than once per forward")
-    return Split(
+    split = Split(
         entries,
         prefix,
-        {e: _call(traces[0]["inputs"][e], traces[1]["inputs"][e], keep_constants=True) for e in entries},
-        {p: _call(traces[0]["outputs"][p], traces[1]["outputs"][p]) for p in prefix},
-        tuple(pixels(PROBE_SIZES[0]).shape),
+        {e: _call(small["inputs"][e], large["inputs"][e], keep_constants=True) for e in entries},
+        {p: _call(small["outputs"][p], large["outputs"][p]) for p in prefix},
+        tuple(first_pixels.shape),
     )
+    return split, large
 
 
-def random_in_training(model: nn.Module, split: Split, pixel_values: torch.Tensor) -> bool:
-    """Whether what enters the cut changes between two training-mode passes (dropout anywhere before it).
+def _candidates(parts: Layout) -> set[str]:
+    """Every module `_entries` may choose: units, blocks, final norms, heads."""
+    return {n for group in parts.units + parts.blocks for n in group} | set(parts.norm) | set(parts.heads)
 
-    Frozen norms stay in eval mode (the strategies pin them). This also catches dropout written as a
-    number in a model's own code rather than as a module, which `stochastic_prefix` cannot see.
+
+def _batched_leaves(split: Split, inputs: dict[str, Any]) -> list[torch.Tensor]:
+    flat = {e: pytree.tree_flatten(inputs[e])[0] for e in split.entries}
+    return [flat[e][i] for e, i in split.batched_inputs]
+
+
+def random_in_training(
+    model: nn.Module, split: Split, pixel_values: torch.Tensor, eval_inputs: list[torch.Tensor]
+) -> bool:
+    """Whether what enters the cut in training mode differs from what the cache stores (eval mode).
+
+    Frozen norms stay in eval mode (the strategies pin them), so any difference is dropout or another
+    random or training-only path before the cut, also one written as a number in a model's own code
+    rather than as a module, which `stochastic_prefix` cannot see. One training-mode pass, compared
+    with the eval-mode inputs the probe's trace already holds for the same images.
     """
     was_training = model.training
     model.train()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(1)
-            first = split.capture(model, pixel_values)
-            torch.manual_seed(2)
-            second = split.capture(model, pixel_values)
+            trained = split.capture(model, pixel_values)
     finally:
         model.train(was_training)
-    return any(not torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    return any(not torch.equal(a, b) for a, b in zip(trained, eval_inputs, strict=True))
 
 
 def stochastic_prefix(model: nn.Module, split: Split) -> list[str]:
@@ -263,22 +342,24 @@ def _entries(parts: Layout, parameters: dict[str, bool], first_owner: str) -> li
     raise NotCacheable(f"{first_owner or 'the model'!r} trains but is no block, final norm or head of the blocks map")
 
 
-def _trace(model: nn.Module, pixel_values: torch.Tensor, entries: list[str]) -> dict:
-    """Call order, start/end event indices, entry inputs and module outputs of one forward pass."""
+def _trace(model: nn.Module, pixel_values: torch.Tensor, record: Collection[str], on_meta: bool) -> dict:
+    """Call order, start/end event indices, the inputs of the modules in `record`, module outputs and the logits
+    of one forward pass. Outputs are kept on the meta device; recorded inputs too with `on_meta`, else copied."""
     order: list[str] = []
     starts: dict[str, list[int]] = {}
     ends: dict[str, list[int]] = {}
     inputs: dict[str, Any] = {}
     outputs: dict[str, Any] = {}
     clock = iter(range(10**9))
+    keep = _on_meta if on_meta else torch.Tensor.clone  # a copy: the module may change its input in place
 
     def before(name):
         def hook(module, args, kwargs):
             if name not in starts:
                 order.append(name)
             starts.setdefault(name, []).append(next(clock))
-            if name in entries:
-                inputs.setdefault(name, (args, kwargs))
+            if name in record and name not in inputs:
+                inputs[name] = pytree.tree_map_only(torch.Tensor, keep, (args, kwargs))
 
         return hook
 
@@ -297,19 +378,19 @@ def _trace(model: nn.Module, pixel_values: torch.Tensor, entries: list[str]) -> 
     model.eval()
     try:
         with torch.no_grad():
-            model(pixel_values=pixel_values)
+            logits = model(pixel_values=pixel_values).logits
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    missing = [e for e in entries if e not in inputs]
-    if missing:
-        raise NotCacheable(f"{missing[0]!r} is not called in the forward pass")
-    return {"order": order, "starts": starts, "ends": ends, "inputs": inputs, "outputs": outputs}
+    return {"order": order, "starts": starts, "ends": ends, "inputs": inputs, "outputs": outputs, "logits": logits}
 
 
 def _call(small: Any, large: Any, keep_constants: bool = False) -> Call:
-    """Compare one call traced at two batch sizes: dimensions that changed follow the batch."""
+    """Compare one call traced at two batch sizes: dimensions that changed follow the batch.
+
+    Constants (inputs that do not follow the batch) are taken from the `large` trace, which holds real tensors.
+    """
     leaves, spec = pytree.tree_flatten(small)
     others, other_spec = pytree.tree_flatten(large)
     if spec != other_spec:
@@ -321,11 +402,51 @@ def _call(small: Any, large: Any, keep_constants: bool = False) -> Call:
             if not batched and a.shape != b.shape:
                 raise NotCacheable("a tensor changes shape with the batch size other than along its first dimension")
             shapes.append(Shape(tuple(a.shape), batched, a.dtype))
-            constants.append(None if batched or not keep_constants else a)
+            constants.append(None if batched or not keep_constants else b)
         else:
             shapes.append(Shape(value=a))
             constants.append(a)
     return Call(spec, shapes, constants)
+
+
+_JSON_VALUES = (type(None), bool, int, float, str)
+
+
+def _call_to_json(call: Call) -> dict:
+    leaves = []
+    for shape in call.leaves:
+        if shape.shape is not None:
+            leaves.append({"shape": list(shape.shape), "batched": shape.batched, "dtype": _dtype_name(shape.dtype)})
+        elif isinstance(shape.value, _JSON_VALUES):
+            leaves.append({"value": shape.value})
+        else:
+            raise TypeError(f"{type(shape.value).__name__} has no JSON form")
+    constants = {str(i): _tensor_to_json(c) for i, c in enumerate(call.constants) if isinstance(c, torch.Tensor)}
+    return {"spec": pytree.treespec_dumps(call.spec), "leaves": leaves, "constants": constants}
+
+
+def _call_from_json(data: dict, device: torch.device) -> Call:
+    leaves = [
+        Shape(tuple(d["shape"]), d["batched"], getattr(torch, d["dtype"])) if "shape" in d else Shape(value=d["value"])
+        for d in data["leaves"]
+    ]
+    tensors = {int(i): _tensor_from_json(t, device) for i, t in data["constants"].items()}
+    constants = [tensors.get(i, leaf.value) for i, leaf in enumerate(leaves)]
+    return Call(pytree.treespec_loads(data["spec"]), leaves, constants)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _tensor_to_json(tensor: torch.Tensor) -> dict:
+    raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    return {"dtype": _dtype_name(tensor.dtype), "shape": list(tensor.shape), "base64": base64.b64encode(raw).decode()}
+
+
+def _tensor_from_json(data: dict, device: torch.device) -> torch.Tensor:
+    raw = torch.frombuffer(bytearray(base64.b64decode(data["base64"])), dtype=torch.uint8)
+    return raw.view(getattr(torch, data["dtype"])).reshape(data["shape"]).to(device)
 
 
 def _placeholder(forward: Callable, output: Call, feed: Feed) -> Callable:

@@ -6,11 +6,13 @@ import errno
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from conftest import save_vit, saved_digits
 from transformers import AutoModelForImageClassification
 
+from hf_tl import feature_cache, prefix_split
 from hf_tl.backbones import replace_heads
 from hf_tl.errors import HfTlError
 from hf_tl.feature_cache import cache_root
@@ -121,10 +123,30 @@ def test_damaged_store_is_rebuilt_not_read(tiny_vit, digits, tmp_path, capsys):
     part.write_bytes(part.read_bytes()[:100])  # a store cut short
     capsys.readouterr()
     again = train(tiny_vit, digits, tmp_path / "b", *args)
-    assert "reusing" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "reusing" not in out
+    assert f"hf_tl: feature cache: {folder} is damaged (part0.bin has the wrong size); rebuilding" in out
     assert_same_run(again, first)
     # a half-written store from a crashed build is never a candidate: only complete folders carry meta.json
     assert not list(cache_root().glob("*.partial-*"))
+
+
+@pytest.mark.slow
+def test_a_store_overwritten_with_random_bytes_of_its_size_is_rebuilt_not_read(tiny_vit, digits, tmp_path, capsys):
+    """Only the content can tell: meta.json's checksum of each part file, made at build time, is checked on reuse."""
+    args = ("strategy.kind=last_block", "training.cache_features=true", "training.cache_storage=disk")
+    first = train(tiny_vit, digits, tmp_path / "a", *args)
+    (folder,) = store_folders()
+    part = folder / "part0.bin"
+    size = part.stat().st_size
+    part.write_bytes(np.random.default_rng(0).bytes(size))
+    capsys.readouterr()
+    again = train(tiny_vit, digits, tmp_path / "b", *args)
+    out = capsys.readouterr().out
+    assert f"hf_tl: feature cache: {folder} is damaged (checksum mismatch); rebuilding" in out
+    assert "reusing" not in out
+    assert_same_run(again, first)
+    assert store_folders() == [folder] and part.stat().st_size == size
 
 
 @pytest.mark.parametrize(
@@ -235,3 +257,115 @@ def test_lora_with_channels_last_on_an_accelerator_builds(tiny_resnet, digits, t
     trainer, *_ = build_trainer(recipe, tmp_path)
     conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+# Issue 16: a smoke run costs what it trains; a costly store outlives its run; a reused store needs no probe;
+# cache_storage=auto does not depend on the memory free at the moment.
+
+SMOKE = ("strategy.kind=last_block", "training.warmup_ratio=0", "training.logging_steps=1")
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_max_steps_caches_and_scores_only_the_images_it_draws(tiny_vit, digits, tmp_path):
+    """8 steps of 4 out of 48 training images: 32 cached and scored, and the run is the uncached run, step by step."""
+    steps = (*SMOKE, "training.batch_size=4", "training.max_steps=8")
+    cached = train(tiny_vit, digits, tmp_path / "c", *steps, "training.cache_features=true")
+    uncached = train(tiny_vit, digits, tmp_path / "u", *steps, "training.cache_features=false")
+    assert cached[0]["num_train_examples"] == 48
+    assert cached[0]["train"]["num_examples"] == uncached[0]["train"]["num_examples"] == 32
+    assert cached[0]["feature_cache"]["cached_train_images"] == 32
+    assert_same_run(cached, uncached)  # the same draws: same losses at every step, same train metrics
+    full, _ = train(tiny_vit, digits, tmp_path / "f", *SMOKE, "training.batch_size=4", "training.epochs=1")
+    assert full["feature_cache"]["cached_train_images"] == full["train"]["num_examples"] == 48
+
+
+@pytest.mark.slow
+def test_a_smoke_run_with_gradient_accumulation_draws_only_cached_images(tiny_vit, digits, tmp_path):
+    overrides = (*SMOKE, "training.max_steps=2", "training.grad_accum=3", "training.batch_size=4")
+    cached = train(tiny_vit, digits, tmp_path / "c", *overrides, "training.cache_features=true")
+    uncached = train(tiny_vit, digits, tmp_path / "u", *overrides, "training.cache_features=false")
+    assert cached[0]["train"]["num_examples"] == 24  # 2 steps x 3 batches x 4 images
+    assert cached[0]["feature_cache"]["cached_train_images"] == 24
+    losses = [[h["loss"] for h in log if "loss" in h] for _, log in (cached, uncached)]
+    assert len(losses[0]) == 2 and losses[0] == pytest.approx(losses[1], abs=TOLERANCE)
+    assert cached[0]["train"]["accuracy"] == pytest.approx(uncached[0]["train"]["accuracy"], abs=TOLERANCE)
+    assert uncached[0]["train"]["num_examples"] == 24
+
+
+def test_a_store_that_took_long_to_build_is_kept_on_disk_and_the_next_run_reuses_it(
+    tiny_vit, digits, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(feature_cache, "PERSIST_MIN_SECONDS", 0.0, raising=False)  # any build counts as long here
+    monkeypatch.setattr(feature_cache, "SLOW_DISK_BYTES_PER_SECOND", float("inf"), raising=False)
+    args = ("strategy.kind=last_block", "training.cache_features=true", "training.epochs=1")
+    first = train(tiny_vit, digits, tmp_path / "a", *args)
+    assert first[0]["feature_cache"]["location"] == "memory"
+    (folder,) = store_folders()  # the store was also written to disk
+    assert first[0]["feature_cache"]["kept_on_disk"] == str(folder)
+    capsys.readouterr()
+    again = train(tiny_vit, digits, tmp_path / "b", *args)
+    assert f"feature cache: reusing {folder}" in capsys.readouterr().out
+    assert again[0]["feature_cache"]["location"] == f"disk: {folder}" and again[0]["feature_cache"]["reused"]
+    assert_same_run(again, first)
+
+
+def test_a_store_quick_to_build_is_not_written_to_disk(tiny_vit, digits, tmp_path):
+    metrics, _ = train(tiny_vit, digits, tmp_path, "strategy.kind=last_block", "training.epochs=1")
+    assert metrics["feature_cache"]["location"] == "memory" and "kept_on_disk" not in metrics["feature_cache"]
+    assert not store_folders()
+
+
+def no_probe(monkeypatch):
+    """From here on, any traced forward pass or dropout check (the probe's work) fails the test."""
+
+    def probed(*args, **kwargs):
+        raise AssertionError("the model was probed although the store holds its verified split")
+
+    monkeypatch.setattr(prefix_split, "_trace", probed)
+    monkeypatch.setattr(feature_cache, "random_in_training", probed)
+
+
+def test_a_run_reusing_a_store_skips_the_probe(tiny_vit, digits, tmp_path, monkeypatch):
+    """The store carries the verified split: the second run traces, verifies and checks nothing."""
+    args = ("strategy.kind=last_block", "training.cache_features=true", "training.cache_storage=disk")
+    first = train(tiny_vit, digits, tmp_path / "a", *args)
+    no_probe(monkeypatch)
+    again = train(tiny_vit, digits, tmp_path / "b", *args)
+    assert again[0]["feature_cache"]["probe"] == "read from the store" and again[0]["feature_cache"]["reused"]
+    assert first[0]["feature_cache"]["probe"] == "ran"
+    assert_same_run(again, first)
+
+
+def test_a_stored_dropout_finding_turns_auto_off_without_a_probe(digits, tmp_path, monkeypatch, capsys):
+    """Built with cache_features=true on a model with dropout before the cut; auto then refuses it, as a probe would."""
+    model = save_vit(tmp_path / "vit-dropout", attention_probs_dropout_prob=0.3)
+    disk = ("strategy.kind=last_block", "training.cache_storage=disk", "training.epochs=1")
+    train(model, digits, tmp_path / "a", *disk, "training.cache_features=true")
+    no_probe(monkeypatch)
+    metrics, _ = train(model, digits, tmp_path / "b", *disk)
+    assert metrics["feature_cache"] == {"used": False}
+    assert "drops activations at random before the cut" in capsys.readouterr().out
+
+
+def test_auto_storage_follows_total_memory_not_what_happens_to_be_free(tiny_vit, digits, tmp_path, monkeypatch):
+    """A busy machine (1 byte free) chooses as an idle one does; only a machine too small for the store goes to disk."""
+    monkeypatch.setattr(feature_cache, "_free_memory", lambda: 1, raising=False)  # what auto used to read
+    args = ("strategy.kind=last_block", "training.epochs=1")
+    busy, _ = train(tiny_vit, digits, tmp_path / "busy", *args)
+    assert busy["feature_cache"]["location"] == "memory" and busy["feature_cache"]["storage"] == "auto"
+    monkeypatch.setattr(feature_cache, "_machine_memory", lambda: 1)
+    small, _ = train(tiny_vit, digits, tmp_path / "small", *args)
+    assert small["feature_cache"]["location"].startswith("disk")
+
+
+def test_auto_skips_the_cache_where_it_would_cost_more_than_it_saves(tiny_vit, digits, tmp_path, capsys):
+    """One epoch with flips and no train-set metrics: both views of 48 images and 12 validation images (108 passes of
+    the frozen part) against 48 drawn and 12 evaluated twice (72). Without flips the cache saves (60 against 72)."""
+    args = ("strategy.kind=last_block", "training.epochs=1", "training.train_metrics=false")
+    metrics, _ = train(tiny_vit, digits, tmp_path / "a", *args)
+    assert metrics["feature_cache"] == {"used": False}
+    assert "images, 72 without it (1 epoch(s), 2 views per training image): no saving" in capsys.readouterr().out
+    metrics, _ = train(tiny_vit, digits, tmp_path / "b", *args, "data.hflip=false")
+    assert metrics["feature_cache"]["used"]
+    metrics, _ = train(tiny_vit, digits, tmp_path / "c", *args[:2])  # with train-set metrics: 108 against 120
+    assert metrics["feature_cache"]["used"]

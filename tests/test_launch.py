@@ -84,6 +84,11 @@ def test_a_non_editable_install_finds_recipes_and_assets_from_any_directory(tmp_
     template = run_cli(sys.executable, "-c", card, cwd=elsewhere, **env)
     assert template.returncode == 0, template.stderr[-3000:]
     assert template.stdout.startswith(str(site)) and template.stdout.split()[-1] == "True"  # the card template ships
+    modules = "import hf_tl, pkgutil; print(*sorted(m.name for m in pkgutil.walk_packages(hf_tl.__path__, 'hf_tl.')))"
+    shipped = run_cli(sys.executable, "-c", modules, cwd=elsewhere, **env)
+    assert shipped.stdout.split() == run_cli(sys.executable, "-c", modules, cwd=REPO).stdout.split()  # every module
+    analyze = run_cli(sys.executable, "-m", "hf_tl.analyze", "--help", cwd=elsewhere, **env)
+    assert analyze.returncode == 0, analyze.stderr[-3000:]
 
 
 def test_quickstart_assets_rebuild(tmp_path):
