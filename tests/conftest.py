@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -201,8 +202,61 @@ def tiny_deit(tmp_path_factory) -> Path:
     return save_deit_distilled(tmp_path_factory.mktemp("models") / "tiny-deit-distilled")
 
 
+def exit_status_of(main, argv: list[str], capsys) -> tuple[int, str]:
+    """Run a command's `main` in this process as the command line does: its exit status and its stderr."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
     """Run a command as a user would, with this interpreter's environment."""
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", **extra_env}
     return subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+HUB_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hub"
+
+
+def hub_fixture_ids() -> list[str]:
+    """The Hub ids under tests/fixtures/hub/ (`org/name` folders holding a checkpoint's published JSON files)."""
+    return sorted(f"{d.parent.name}/{d.name}" for d in HUB_FIXTURES.glob("*/*") if d.is_dir())
+
+
+@dataclass(frozen=True)
+class FixtureHub:
+    """An HF cache of tests/fixtures/hub/: `env` points a command at it; `snapshot(id)` is a checkpoint's folder."""
+
+    home: Path
+    snapshots: dict[str, Path]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"HF_HOME": str(self.home), "HF_HUB_CACHE": str(self.home / "hub"), "HF_HUB_OFFLINE": "1"}
+
+    def snapshot(self, repo_id: str) -> Path:
+        return self.snapshots[repo_id]
+
+
+@pytest.fixture(scope="session")
+def real_size_hub(tmp_path_factory) -> FixtureHub:
+    """The published configs of every checkpoint the recipes and studies name (no weights), as an HF cache.
+
+    Laid out as huggingface_hub keeps downloads, so that with HF_HUB_OFFLINE=1 `model.name=<Hub id>` resolves
+    through transformers' own code in a command run with `env`.
+    """
+    import hashlib
+
+    from fake_hub import fill_hf_cache
+
+    home = tmp_path_factory.mktemp("hf-home-real-size")
+    snapshots = {}
+    for repo_id in hub_fixture_ids():
+        files = {p.name: p.read_bytes() for p in sorted((HUB_FIXTURES / repo_id).iterdir())}
+        commit = hashlib.sha1(repo_id.encode() + b"".join(files.values())).hexdigest()
+        snapshots[repo_id] = fill_hf_cache(home / "hub", repo_id, files, commit)
+    return FixtureHub(home, snapshots)

@@ -86,41 +86,34 @@ def test_unreadable_model_is_a_clear_error(tmp_path):
     assert "could not load model" in result.stderr and "Traceback" not in result.stderr
 
 
-def save_config(path, name: str):
-    """Full-size configs of the papers' backbones, written locally: no weights, nothing from the Hub."""
-    from transformers import DeiTConfig, TimmWrapperConfig, ViTConfig
-
-    configs = {
-        "deit-b-distilled": DeiTConfig(architectures=["DeiTForImageClassificationWithTeacher"]),  # 224, patch 16
-        "vit-b16": ViTConfig(),  # 224, patch 16, width 768, 12 blocks
-        "cait-s24": TimmWrapperConfig(architecture="cait_s24_224"),
-        "densenet201": TimmWrapperConfig(architecture="densenet201"),
-    }
-    configs[name].save_pretrained(path / name)
-    return path / name
+# The published configs of the papers' checkpoints (tests/fixtures/hub/, SOURCES.md): no weights, nothing fetched.
+DEIT = "facebook/deit-base-distilled-patch16-224"
+VIT_B16 = "google/vit-base-patch16-224-in21k"
+CAIT = "timm/cait_s24_224.fb_dist_in1k"
+DENSENET = "timm/densenet201.tv_in1k"
 
 
 DEIT_CUSTOM = "strategy.trainable=[deit.layers.11.*,cls_classifier.*,distillation_classifier.*]"
 
 
 @pytest.mark.parametrize(
-    ("config", "overrides", "key", "expected"),
+    ("model_id", "overrides", "key", "expected"),
     [
         # Malpure et al. 2021, Table 1 (last block + final norm + the paper's MLP heads).
-        ("deit-b-distilled", ["strategy.kind=last_block", "model.head=mlp"], "trainable", 7_488_276),
-        ("cait-s24", ["strategy.kind=last_block", "model.head=mlp"], "trainable", 1_877_130),
+        (DEIT, ["strategy.kind=last_block", "model.head=mlp"], "trainable", 7_488_276),
+        (CAIT, ["strategy.kind=last_block", "model.head=mlp"], "trainable", 1_877_130),
         # Table 1 counts DenseNet-201 without its head: dense block 4 + norm5.
-        ("densenet201", ["strategy.kind=last_block"], "trainable_backbone", 6_982_400),
+        (DENSENET, ["strategy.kind=last_block"], "trainable_backbone", 6_982_400),
         # The public re-implementation: last block and both linear heads, no final norm.
-        ("deit-b-distilled", ["strategy.kind=custom", DEIT_CUSTOM], "trainable", 7_103_252),
+        (DEIT, ["strategy.kind=custom", DEIT_CUSTOM], "trainable", 7_103_252),
         # LoRA r=8 on query and value of ViT-B/16: VTAB-1k's 0.295 M.
-        ("vit-b16", ["strategy.kind=lora", "strategy.r=8"], "trainable_backbone", 294_912),
+        (VIT_B16, ["strategy.kind=lora", "strategy.r=8"], "trainable_backbone", 294_912),
     ],
 )
-def test_published_trainable_counts(tmp_path, config, overrides, key, expected):
-    model_dir = save_config(tmp_path, config)
-    args = ["recipe=quickstart", f"model.name={model_dir}", "model.num_labels=10", *overrides, "--json"]
-    result = run_cli(sys.executable, "-m", "hf_tl.params", *args)
+def test_published_trainable_counts(real_size_hub, model_id, overrides, key, expected):
+    """Through the CLI, the Hub id resolved offline from the fixture cache as a user's download would be."""
+    args = ["recipe=quickstart", f"model.name={model_id}", "model.num_labels=10", *overrides, "--json"]
+    result = run_cli(sys.executable, "-m", "hf_tl.params", *args, **real_size_hub.env)
     assert result.returncode == 0, result.stderr
     counted = json.loads(result.stdout)
     assert counted[key] == expected
@@ -128,47 +121,20 @@ def test_published_trainable_counts(tmp_path, config, overrides, key, expected):
 
 
 @pytest.mark.parametrize(
-    ("recipe", "config", "key", "expected"),
+    ("recipe", "key", "expected"),
     [
-        ("cait_s24_lastblock", "cait-s24", "trainable", 1_877_130),
-        ("densenet201_lastblock", "densenet201", "trainable_backbone", 6_982_400),
-        ("vit_b16_lora", "vit-b16", "trainable_backbone", 294_912),
+        ("cait_s24_lastblock", "trainable", 1_877_130),
+        ("densenet201_lastblock", "trainable_backbone", 6_982_400),
+        ("vit_b16_lora", "trainable_backbone", 294_912),
     ],
 )
-def test_shipped_recipes_train_what_their_papers_count(tmp_path, recipe, config, key, expected):
-    """The shipped recipe, pointed at a local copy of its checkpoint's architecture."""
+def test_shipped_recipes_train_what_their_papers_count(real_size_hub, recipe, key, expected):
+    """The shipped recipe, pointed at the published files of the checkpoint it names."""
+    model_id = load_recipe(recipe).model.name
     summary = count_parameters(
-        load_recipe(recipe, [f"model.name={save_config(tmp_path, config)}", "model.num_labels=10"])
+        load_recipe(recipe, [f"model.name={real_size_hub.snapshot(model_id)}", "model.num_labels=10"])
     )
     assert getattr(summary, key) == expected
-
-
-# The studies' checkpoints, each built locally from its published architecture (no weights, nothing fetched).
-STUDY_CONFIGS = {
-    "google/vit-large-patch32-224-in21k": dict(
-        kind="vit", hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-        patch_size=32,
-    ),
-    "microsoft/swin-base-patch4-window7-224": dict(
-        kind="swin", embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=7
-    ),
-    "facebook/deit-base-distilled-patch16-224": dict(
-        kind="deit", architectures=["DeiTForImageClassificationWithTeacher"]
-    ),
-}  # fmt: skip
-
-
-def save_study_config(path, model_id: str):
-    """A study checkpoint's config: transformers' own for the three above, timm's architecture for `timm/ARCH.TAG`."""
-    from transformers import DeiTConfig, SwinConfig, TimmWrapperConfig, ViTConfig
-
-    if model_id.startswith("timm/"):
-        config = TimmWrapperConfig(architecture=model_id.removeprefix("timm/").split(".")[0])
-    else:
-        settings = dict(STUDY_CONFIGS[model_id])
-        config = {"vit": ViTConfig, "swin": SwinConfig, "deit": DeiTConfig}[settings.pop("kind")](**settings)
-    config.save_pretrained(path)
-    return path
 
 
 STUDY_ROWS = [
@@ -177,12 +143,12 @@ STUDY_ROWS = [
 
 
 @pytest.mark.parametrize(("study_name", "backbone"), STUDY_ROWS)
-def test_each_study_cell_trains_the_count_its_figures_file_gives(tmp_path, study_name, backbone):
-    """The study's own recipe for the row, on a local copy of its checkpoint's architecture."""
+def test_each_study_cell_trains_the_count_its_figures_file_gives(real_size_hub, tmp_path, study_name, backbone):
+    """The study's own recipe for the row, on the published files of its checkpoint."""
     study = load_study(study_name)
     (cell,) = [c for c in study.cells if c.backbone.key == backbone]
     row = figure_for(study.figures, backbone, cell.dataset.key, cell.strategy.key)
-    model_dir = save_study_config(tmp_path / "config", cell.backbone.model)
+    model_dir = real_size_hub.snapshot(cell.backbone.model)
     recipe = load_recipe(str(write_cell_recipe(tmp_path, study, cell)), [f"model.name={model_dir}"])
     summary = count_parameters(recipe)
     assert getattr(summary, row["counted_as"]) == row["hf_tl_trainable_parameters"]
