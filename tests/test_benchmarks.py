@@ -1,0 +1,64 @@
+"""The benchmarks run, at a tiny size on the CPU: so CI knows `scale.py` and `gpu_check.py --tiny` work before
+anyone spends an hour of CPU or a lease of GPU time on them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+BENCHMARKS = REPO / "benchmarks"
+
+
+def benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args], cwd=BENCHMARKS, capture_output=True, text=True, timeout=1200
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout[stdout.index("\n{") + 1 : stdout.rindex("}") + 1])
+
+
+@pytest.mark.slow
+def test_scale_benchmark_reports_every_phase_of_each_run(tmp_path):
+    result = benchmark(
+        "scale.py", f"--data={tmp_path / 'data'}", "--train=40", "--eval=20", "--batch-size=8", "--with-trainer",
+        f"--workdir={tmp_path / 'work'}", "--json",
+    )  # fmt: skip
+    report = last_json(result.stdout)
+    runs = {r["name"]: r for r in report["runs"]}
+    assert list(runs) == ["first", "again", "smoke", "plain Trainer"]
+    for name in ("first", "again", "smoke"):
+        phases = runs[name]["phases"]
+        for phase in ("load", "image_check", "model", "cache_probe", "cache_build", "training", "eval_metrics"):
+            assert phases[phase] >= 0, (name, phase)
+        assert runs[name]["peak_rss_mib"] > 0 and runs[name]["wall_seconds"] > 0
+    assert runs["smoke"]["feature_cache"]["cached_train_images"] == 8  # one step of 8
+    assert runs["first"]["feature_cache"]["cached_train_images"] == 40
+    assert runs["plain Trainer"]["phases"]["training"] > 0
+    data = tmp_path / "data" / "cifar10-shaped-40-20-seed0"
+    assert sorted(p.name for p in (data / "plain_text").iterdir()) == [
+        "test-00000-of-00001.parquet",
+        "train-00000-of-00001.parquet",
+    ]
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_tiny_on_the_cpu(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    result = benchmark("gpu_check.py", "--tiny", f"--workdir={tmp_path / 'work'}", f"--json-out={out}")
+    report = json.loads(out.read_text())
+    assert report["device"] == "CPU" and report["matmul_peak_tflops"] > 0
+    hf, plain = report["hf_tl"], report["plain_trainer"]
+    assert hf["feature_cache"]["used"] and hf["epochs"] == 2
+    for key in ("cache_build_images_per_second", "cache_build_mfu", "training_images_per_second", "training_mfu"):
+        assert hf[key] > 0, key
+    assert plain["training_images_per_second"] > 0 and plain["trainable_parameters"] > 0
+    assert report["ratio_training_images_per_second"] > 0
+    assert "training images/s, hf_tl / plain Trainer" in result.stdout  # the table
