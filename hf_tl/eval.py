@@ -246,7 +246,13 @@ def _take_the_runs_dataset(args: EvalArgs) -> Recipe:
     """No dataset= given: the run's own, read as the run read it, with its config and columns unless given."""
     found = run_recipe_file(args.model, args.revision)
     if found is None:
-        raise RecipeError("'dataset=' is required: the model is not an hf_tl run, so it names no dataset.")
+        if Path(args.model).expanduser().exists():
+            raise RecipeError("'dataset=' is required: the model is not an hf_tl run, so it names no dataset.")
+        raise RecipeError(
+            f"'dataset=' is required: there is no folder {args.model} here, and as a Hub id it has no recipe.yaml of "
+            "an hf_tl run to be had (not an hf_tl checkpoint, or the Hub cannot be reached). Check the path, or "
+            "pass dataset=."
+        )
     recipe = _read_run_recipe(
         found,
         "finding the dataset it was trained on",

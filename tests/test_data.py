@@ -402,12 +402,17 @@ def test_grayscale_becomes_three_equal_channels(small):
     assert out.min() >= -1.0 and out.max() <= 1.0 and out.min() < 0 < out.max()
 
 
-def test_rgba_is_read_as_its_rgb(small):
+def test_rgba_is_read_as_image_processors_read_it(small):
+    """Composited onto white, as transformers' processors do (so the saved processor agrees with training)."""
     rgb = rgb_digit(small[1]["image"])
     rgba = rgb.copy()
     rgba.putalpha(128)
+    on_white = PILImage.alpha_composite(PILImage.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     transform = make_transform(PROCESSORS["imagenet"], cfg("x"), False, "image", "label")
-    assert torch.equal(apply(transform, rgba), apply(transform, rgb))
+    assert torch.equal(apply(transform, rgba), apply(transform, on_white))
+    opaque = rgb.copy()
+    opaque.putalpha(255)
+    assert torch.equal(apply(transform, opaque), apply(transform, rgb))
 
 
 @pytest.mark.parametrize("name", PROCESSORS)

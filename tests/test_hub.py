@@ -415,8 +415,10 @@ def test_a_model_that_is_not_a_run_needs_a_dataset(tiny_vit, tmp_path):
     from hf_tl.errors import RecipeError
     from hf_tl.eval import evaluate, parse_args
 
-    with pytest.raises(RecipeError, match="'dataset=' is required"):
+    with pytest.raises(RecipeError, match="'dataset=' is required: the model is not an hf_tl run"):
         evaluate(parse_args([f"model={tiny_vit}", f"output={tmp_path}"]))
+    with pytest.raises(RecipeError, match="there is no folder runs/mistyped here, and as a Hub id it has no recipe"):
+        evaluate(parse_args(["model=runs/mistyped", f"output={tmp_path}"]))  # offline in tests: no Hub either
 
 
 @pytest.fixture(scope="module")
