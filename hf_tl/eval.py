@@ -219,17 +219,18 @@ def run_recipe(model: str, revision: str | None, *, needed_for: str, instead: st
     (another framework's file of the same name, or another hf_tl version's) is an error that names it and says
     to pass `instead`.
     """
-    found = run_recipe_file(model, revision)
+    found = run_file(model, RECIPE_FILE, revision)
     return None if found is None else _read_run_recipe(found, needed_for, instead)
 
 
-def run_recipe_file(model: str, revision: str | None = None) -> Path | None:
-    """Where the recipe.yaml of the run that made `model` is, if it has one: read nothing from it yet."""
+def run_file(model: str, filename: str, revision: str | None = None) -> Path | None:
+    """Where `filename` of the checkpoint `model` is, if it has one: in its folder, in the run folder above a
+    run's model/, or in its Hub repository (from the cache when offline). Read nothing from it yet."""
     path = Path(model).expanduser()
     if path.is_dir():
-        candidates = [path / RECIPE_FILE, path.parent / RECIPE_FILE if path.name == MODEL_DIR else None]
+        candidates = [path / filename, path.parent / filename if path.name == MODEL_DIR else None]
         return next((c for c in candidates if c is not None and c.is_file()), None)
-    return _hub_file(model, RECIPE_FILE, revision) if is_hub_id(model) else None
+    return _hub_file(model, filename, revision) if is_hub_id(model) else None
 
 
 def _read_run_recipe(found: Path, needed_for: str, instead: str) -> Recipe:
@@ -244,7 +245,7 @@ def _read_run_recipe(found: Path, needed_for: str, instead: str) -> Recipe:
 
 def _take_the_runs_dataset(args: EvalArgs) -> Recipe:
     """No dataset= given: the run's own, read as the run read it, with its config and columns unless given."""
-    found = run_recipe_file(args.model, args.revision)
+    found = run_file(args.model, RECIPE_FILE, args.revision)
     if found is None:
         if Path(args.model).expanduser().exists():
             raise RecipeError("'dataset=' is required: the model is not an hf_tl run, so it names no dataset.")
@@ -273,7 +274,7 @@ def _take_the_runs_dataset(args: EvalArgs) -> Recipe:
 def _read_as_the_run_did(args: EvalArgs) -> Recipe | None:
     """dataset= naming the run's own dataset (as its card's command and hf_tl.download's do): its config and
     columns come from the run, unless given. The recipe is not needed for that: one hf_tl cannot read is passed over."""
-    found = run_recipe_file(args.model, args.revision)
+    found = run_file(args.model, RECIPE_FILE, args.revision)
     try:
         recipe = load_recipe(str(found)) if found else None
     except RecipeError:
@@ -296,7 +297,7 @@ def _load_split(args: EvalArgs, recipe: Recipe | None) -> tuple[Dataset, str]:
     elif args.split == VALIDATION and recipe is not None:
         dataset, name = _held_out_validation(recipe, args)
     else:
-        is_run = recipe is not None or run_recipe_file(args.model, args.revision) is not None
+        is_run = recipe is not None or run_file(args.model, RECIPE_FILE, args.revision) is not None
         hint = "; split=validation on an hf_tl run is the part of train it held out" if is_run else ""
         raise DataError(f"split='{args.split}' is not a split of '{args.dataset}'. Splits: {', '.join(splits)}{hint}")
     if args.max_samples:
@@ -379,12 +380,7 @@ def _predict(
 
 
 def _model_card(args: EvalArgs):
-    path = Path(args.model).expanduser()
-    if path.is_dir():  # a downloaded repository holds its card; a run folder's model/ has it one level up
-        return load_card(path) or (load_card(path.parent) if path.name == MODEL_DIR else None)
-    if not is_hub_id(args.model):
-        return None
-    found = _hub_file(args.model, CARD_FILE, args.revision)
+    found = run_file(args.model, CARD_FILE, args.revision)
     return load_card(found) if found else None
 
 
