@@ -47,11 +47,11 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.transforms import Compose, Normalize, RandomHorizontalFlip, RandomResizedCrop, ToTensor  # noqa: E402
 from transformers import TrainerCallback, ViTConfig, ViTForImageClassification, ViTImageProcessor  # noqa: E402
 
-from hf_tl.data import collate_images, image_transform  # noqa: E402
-from hf_tl.preprocess import Preprocess, draw_flips, to_uint8  # noqa: E402
-from hf_tl.recipe import load_recipe  # noqa: E402
-from hf_tl.strategies import apply_strategy  # noqa: E402
-from hf_tl.train import build_trainer, run  # noqa: E402
+from hf_tl.config.recipe import load_recipe  # noqa: E402
+from hf_tl.data.datasets import collate_images, image_transform  # noqa: E402
+from hf_tl.data.preprocess import Preprocess, draw_flips, to_uint8  # noqa: E402
+from hf_tl.strategies.freezing import apply_strategy  # noqa: E402
+from hf_tl.training.run import build_trainer, run  # noqa: E402
 
 TARGETS = {"step_overhead_ratio": ("<=", 1.10), "cache_time_ratio": ("<=", 0.35), "preprocess_speedup": (">=", 3.0)}
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]

@@ -36,10 +36,10 @@ from hf_tl.analysis.cka import MIN_BATCH
 from hf_tl.analysis.compare import Backbone, layer_cka
 from hf_tl.analysis.layers import GramTaps, Tap, first_tensor
 from hf_tl.analysis.tokens import features
-from hf_tl.backbones import load_model, load_processor
-from hf_tl.data import input_size, preprocess_for
-from hf_tl.quickstart import ASSETS
-from hf_tl.recipe import DataSection, ModelSection
+from hf_tl.config.quickstart import ASSETS
+from hf_tl.config.recipe import DataSection, ModelSection
+from hf_tl.data.datasets import input_size, preprocess_for
+from hf_tl.models.loading import load_model, load_processor
 
 IMAGE = (3, 32, 32)
 

@@ -143,8 +143,8 @@ def model_flops(model_dir: Path, image: int, device: torch.device) -> dict[str, 
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import AutoConfig, DeiTForImageClassificationWithTeacher
 
-    from hf_tl.recipe import StrategySection
-    from hf_tl.strategies import apply_strategy
+    from hf_tl.config.recipe import StrategySection
+    from hf_tl.strategies.freezing import apply_strategy
 
     config = AutoConfig.from_pretrained(model_dir, num_labels=10)
     model, summary = apply_strategy(DeiTForImageClassificationWithTeacher(config), StrategySection(kind="last_block"))

@@ -106,7 +106,7 @@ def measure(data: Path, work: Path, args: argparse.Namespace) -> list[Measured]:
 
 
 def plain_trainer(data: Path, work: Path, args: argparse.Namespace, env: dict[str, str]) -> Measured:
-    from hf_tl.resources import asset_path
+    from hf_tl.config.resources import asset_path
 
     flags = [
         f"--model={asset_path('quickstart/backbone')}", f"--data={data}", "--eval-split=test",

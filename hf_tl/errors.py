@@ -53,6 +53,7 @@ def cli(main: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(main)
     def run(*args: Any, **kwargs: Any) -> Any:
+        _warned.clear()  # each command says its warnings once
         with scrubbed_logs_and_warnings():
             try:
                 return main(*args, **kwargs)
@@ -60,7 +61,7 @@ def cli(main: Callable[..., Any]) -> Callable[..., Any]:
                 fail(str(e), e.exit_code)
             except KeyboardInterrupt:
                 fail("interrupted.", 1)
-            except BrokenPipeError:  # the reader went away (`hf_tl.train --help | head`): nothing left to say
+            except BrokenPipeError:  # the reader went away (`hf-tl train --help | head`): nothing left to say
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own advice for SIGPIPE
                 sys.exit(1)
             except Exception as e:  # a bug, or a library's error hf_tl does not know yet: one line all the same
@@ -69,6 +70,30 @@ def cli(main: Callable[..., Any]) -> Callable[..., Any]:
                 fail(unexpected(e), 1)
 
     return run
+
+
+class _WarningLine(logging.Handler):
+    """`warning: ...` on whatever stderr is now (a test's capture included), one line per record."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"warning: {scrub(record.getMessage())}", file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+WARNINGS = logging.getLogger("hf_tl.warnings")  # a logger, so that callers' log capture sees the warnings too
+WARNINGS.addHandler(_WarningLine())
+WARNINGS.setLevel(logging.WARNING)
+_warned: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """hf_tl's one way to warn: a `warning: ...` line on stderr, scrubbed, said once per process however often
+    the code that finds it runs (a model and its processor load through the same checks)."""
+    if message not in _warned:
+        _warned.add(message)
+        WARNINGS.warning(message)
 
 
 def fail(message: str, exit_code: int) -> NoReturn:

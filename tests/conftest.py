@@ -28,7 +28,10 @@ os.environ["HF_DATASETS_CACHE"] = os.path.join(_HF_HOME, "datasets")
 import torch  # noqa: E402
 from datasets import Dataset, DatasetDict  # noqa: E402
 
-from hf_tl.quickstart import digits_dataset  # noqa: E402
+from hf_tl.config.quickstart import digits_dataset  # noqa: E402
+from hf_tl.config.recipe import DataSection  # noqa: E402
+from hf_tl.data.datasets import preprocess_for  # noqa: E402
+from hf_tl.data.preprocess import draw_flips, to_uint8  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_VIT = dict(
@@ -40,6 +43,26 @@ TINY_VIT = dict(
     num_attention_heads=2,
     intermediate_size=64,
 )
+
+
+@pytest.fixture(autouse=True)
+def warnings_said_afresh():
+    """hf_tl says each warning once per command (`hf_tl.errors.warn`); each test is a command of its own."""
+    from hf_tl import errors
+
+    errors._warned.clear()
+
+
+@pytest.fixture
+def machine_without_accelerator(monkeypatch):
+    """The device policy (`hf_tl.device`) as on a machine with no GPU, whatever this one has."""
+    monkeypatch.setattr("hf_tl.device.no_accelerator", lambda: True)
+
+
+@pytest.fixture
+def machine_with_accelerator(monkeypatch):
+    """The device policy's decisions as on a GPU machine (the run itself stays where torch puts it)."""
+    monkeypatch.setattr("hf_tl.device.no_accelerator", lambda: False)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -173,6 +196,7 @@ SAVERS = {
     "densenet": save_densenet,
     "cait": save_cait,
 }
+TINY_FAMILIES = tuple(SAVERS)  # the one list of tiny families the per-family tests run over, in this order
 
 
 @pytest.fixture(scope="session")
@@ -203,6 +227,26 @@ def tiny_vit(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_deit(tmp_path_factory) -> Path:
     return save_deit_distilled(tmp_path_factory.mktemp("models") / "tiny-deit-distilled")
+
+
+def make_transform(processor, cfg: DataSection, train: bool, image_column: str, label_column: str):
+    """Per-image float pixel values, to check hf_tl's batched `Preprocess` against one image at a time."""
+    preprocess = preprocess_for(processor, cfg)
+    flip = train and cfg.hflip
+
+    def transform(batch: dict) -> dict:
+        pixels = [preprocess(to_uint8(img)[None], draw_flips(1) if flip else None)[0] for img in batch[image_column]]
+        return {"pixel_values": pixels, "labels": batch[label_column]}
+
+    return transform
+
+
+def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack `make_transform`'s examples into a batch a model takes."""
+    return {
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        "labels": torch.tensor([e["labels"] for e in examples]),
+    }
 
 
 def exit_status_of(main, argv: list[str], capsys) -> tuple[int, str]:

@@ -24,9 +24,9 @@ from conftest import REPO
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_from_disk
 from PIL import Image as PILImage
 
-from hf_tl.recipe import available_recipes, load_recipe
-from hf_tl.studies import Cell, Study, figure_for, load_study
-from hf_tl.sweep import write_cell_recipe
+from hf_tl.config.recipe import available_recipes, load_recipe
+from hf_tl.studies.study import Cell, Study, figure_for, load_study
+from hf_tl.studies.sweep import write_cell_recipe
 
 pytestmark = pytest.mark.slow
 

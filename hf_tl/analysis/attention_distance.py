@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from hf_tl.analysis.layers import block_names
 from hf_tl.analysis.tokens import patch_size
-from hf_tl.blocks import layout
 from hf_tl.errors import HfTlError
+from hf_tl.models.families import layout
 
 TRANSFORMERS_GLOBAL_ATTENTION = ("vit", "deit")  # families whose every block attends over the whole patch grid
 SUPPORTED = "transformers ViT and DeiT, and timm ViT-likes built on timm's Attention (vit_*, deit_*, ...)"

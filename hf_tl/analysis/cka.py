@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-MIN_BATCH = 4  # the unbiased estimator divides by n(n-3)
+from hf_tl.config.commands import MIN_BATCH
+
 GRAM_CHUNK = 2**24  # float64 elements of one feature slice turned into a partial Gram matrix
 
 

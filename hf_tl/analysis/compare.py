@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from hf_tl.analysis.cka import MIN_BATCH, MinibatchCKA
 from hf_tl.analysis.layers import GramTaps, Tap
-from hf_tl.preprocess import to_device
+from hf_tl.data.preprocess import to_device
 
 
 @dataclass

@@ -8,10 +8,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from hf_tl.plots import plain, save_figure
+from hf_tl.hub.plots import plain, save_figure
 
 MAX_TICKS = 40  # layer names beyond this are thinned so they stay readable
-ANNOTATE_UP_TO = 12  # layers per side; beyond this the values would not fit in their cells
+ANNOTATE_LAYERS_UP_TO = 12  # layers per side; beyond this the values would not fit in their cells
 
 
 def cka_heatmap(
@@ -30,7 +30,7 @@ def cka_heatmap(
     fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
     image = ax.imshow(np.ma.masked_invalid(matrix), origin="lower", cmap="magma", vmin=0.0, vmax=1.0, aspect="auto")
     fig.colorbar(image, ax=ax, shrink=0.8, label="CKA")
-    if max(rows, cols) <= ANNOTATE_UP_TO:
+    if max(rows, cols) <= ANNOTATE_LAYERS_UP_TO:
         for (row, col), value in np.ndenumerate(matrix):
             colour = "black" if value > 0.6 else "white"
             text = "-" if np.isnan(value) else f"{value:.2f}"

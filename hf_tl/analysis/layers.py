@@ -1,4 +1,4 @@
-"""Which layers CKA compares, read from `hf_tl.blocks.layout`, and forward hooks that turn them into Gram matrices.
+"""Which layers CKA compares, read from the families map, and forward hooks that turn them into Gram matrices.
 
 `layers=blocks`: the embedding (the input of the first unit), the output of every block and the
 pre-head representation (the input of the head; DeiT-distilled's two heads side by side).
@@ -18,13 +18,13 @@ from torch import Tensor, nn
 
 from hf_tl.analysis.cka import gram
 from hf_tl.analysis.tokens import features, model_channels_last, prefix_tokens, works_channels_last
-from hf_tl.blocks import Layout, layout
+from hf_tl.config.commands import LAYER_CHOICES
 from hf_tl.errors import HfTlError
-from hf_tl.module_tree import under
+from hf_tl.models.families import Layout, layout
+from hf_tl.models.module_tree import under
 
-LAYER_CHOICES = ("blocks", "all")
 EMBEDDING, PRE_HEAD = "embedding", "pre-head"
-PROBE_IMAGES = 2
+SHAPE_PROBE_IMAGES = 2
 
 
 @dataclass(frozen=True)
@@ -112,10 +112,10 @@ class GramTaps:
         tokens, self.tokens = self.tokens, "flatten"
         try:
             with torch.inference_mode():
-                self.model(pixel_values=torch.zeros(PROBE_IMAGES, 3, *image_size, device=device))
+                self.model(pixel_values=torch.zeros(SHAPE_PROBE_IMAGES, 3, *image_size, device=device))
         finally:
             self.tokens = tokens
-        ran = [name for name in self._grams if self._shapes[name][0] == PROBE_IMAGES]
+        ran = [name for name in self._grams if self._shapes[name][0] == SHAPE_PROBE_IMAGES]
         self.taps = sorted((t for t in self.taps if t.name in ran), key=lambda t: ran.index(t.name))
         self._kept = set(ran)
         self._grams.clear()

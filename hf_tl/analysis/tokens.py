@@ -10,8 +10,6 @@ from torch import Tensor, nn
 
 from hf_tl.errors import HfTlError
 
-TOKEN_MODES = ("flatten", "cls", "mean")
-
 
 def features(output: Tensor, tokens: str, channels_last: bool = False, layer: str = "") -> Tensor:
     """(B, d): `flatten` keeps everything, `mean` averages over tokens or positions, `cls` takes token 0."""

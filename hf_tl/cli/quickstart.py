@@ -1,0 +1,23 @@
+"""`hf-tl quickstart out=DIR`: rebuild the quickstart's data and backbone into the folder DIR.
+
+What it does and writes: `hf_tl.config.quickstart`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hf_tl.cli.arguments import arguments_of
+from hf_tl.config.commands import QuickstartArgs
+from hf_tl.errors import cli
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    args = arguments_of(__doc__, QuickstartArgs, argv)
+    if args is None:
+        return
+    out = Path(args.out)
+    from hf_tl.config.quickstart import build
+
+    build(out)

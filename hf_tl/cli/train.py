@@ -1,0 +1,45 @@
+"""`hf-tl train recipe=NAME [key=value ...]`: one fine-tuning run, start to finish.
+
+Runs in this process, or, when there is an accelerate config (`accelerate config`) or launch flags are
+given, through Accelerate's launcher: `hf-tl train --nproc 2 recipe=NAME` starts two processes, and any
+`accelerate launch` flag passes through (`--mixed_precision bf16`, `--config_file F`). An error exits with
+hf_tl's status and its one line. `accelerate launch -m hf_tl.train recipe=NAME` works too.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from hf_tl.cli.arguments import recipe_help, wants_help
+from hf_tl.cli.launch import LAUNCH_HELP, launch, split_launch_flags, wants_launcher
+from hf_tl.config.recipe import recipe_from_argv
+from hf_tl.errors import cli
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    """`hf-tl train`: checks the recipe here, then runs it here or through Accelerate's launcher."""
+    argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv):
+        print(recipe_help(__doc__, LAUNCH_HELP))
+        return
+    flags, overrides = split_launch_flags(argv)
+    recipe = recipe_from_argv(overrides)  # a mistyped key is answered before torch is imported
+    if wants_launcher(flags):
+        sys.exit(launch(flags, overrides))
+    from hf_tl.training.run import run
+
+    run(recipe)
+
+
+@cli
+def run_here(argv: list[str] | None = None) -> None:
+    """`python -m hf_tl.train` (and `accelerate launch -m hf_tl.train`): the run, in this process."""
+    argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv):
+        print(recipe_help(__doc__))
+        return
+    recipe = recipe_from_argv(argv)
+    from hf_tl.training.run import run
+
+    run(recipe)

@@ -1,0 +1,493 @@
+"""Recipes: YAML files mapped onto typed sections, with dotted `key=value` overrides.
+
+A recipe is data. It is read with OmegaConf's safe YAML loader, merged onto the
+dataclasses below (which check types and unknown keys), then checked against each
+field's `choices` and `min`. Every mistake becomes a `RecipeError` that names the key,
+the bad value and what is allowed, with a did-you-mean where one is close.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf, errors
+
+from hf_tl.config.resources import asset_path, recipe_dir
+from hf_tl.errors import RecipeError
+from hf_tl.strategies import registry
+
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+)
+NO_WARMUP = ("constant", "reduce_lr_on_plateau")  # schedulers that ignore warmup_ratio
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "adafactor")
+SWITCHES = ("auto", "true", "false")
+INTERPOLATION_CHOICES = ("bilinear", "bicubic", "nearest")  # the resize filters hf_tl runs batched
+STRATEGIES = tuple(registry.STRATEGIES)  # strategy.kind choices, in the registry's order
+
+
+def option(
+    default: Any, help: str, choices: tuple = (), min: float | None = None, positional: bool = False, **kw: Any
+) -> Any:
+    """A dataclass field carrying its help text and the checks OmegaConf cannot express (see `check_options`).
+
+    `positional`: a command's key that may also be given bare, in its place (`hf-tl push runs/x repo_id=...`)."""
+    meta = {"help": help, "choices": choices, "min": min, "positional": positional}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class ModelSection:
+    name: str = option(MISSING, "Hub id or local directory of an image-classification checkpoint.")
+    revision: Optional[str] = option(None, "Hub revision (branch, tag or commit) of model.name.")
+    weights: str = option("pretrained", "'none' builds the model from its config alone.", ("pretrained", "none"))
+    head: str = option("linear", "'mlp' is Malpure et al.'s Linear(d,256)-ELU-Dropout(0.5)-Linear.", ("linear", "mlp"))
+    num_labels: Optional[int] = option(None, "Class count when no dataset is read (`hf-tl params`).", min=1)
+    trust_remote_code: bool = option(False, "Run code shipped with the checkpoint. Only for sources you trust.")
+    allow_pickle: bool = option(False, "Load pickle (.bin) weights, which can run code. Only for sources you trust.")
+
+
+@dataclass
+class StrategySection:
+    kind: str = option("full", "Which parameters train.", STRATEGIES)
+    unit: str = option(
+        "stage",
+        "What last_block/last_k count: 'stage' is Malpure et al.'s unit (a transformer or Swin block, a CNN stage); "
+        "'block' is one block, also inside a CNN stage.",
+        ("stage", "block"),
+    )
+    blocks: int = option(1, "How many trailing units last_k trains.", min=1)
+    trainable: list[str] = option(
+        [], "custom: globs over parameter names that train, e.g. ['*.layers.11.*', 'head.*']."
+    )
+    r: int = option(8, "LoRA rank.", min=1)
+    alpha: int = option(16, "LoRA scaling alpha.", min=1)
+    dropout: float = option(0.1, "LoRA dropout.", min=0.0)
+    target_modules: list[str] = option([], "LoRA target module names; empty reads the family's default from the model.")
+
+
+@dataclass
+class DataSection:
+    dataset: str = option(MISSING, "Hub id, image-folder directory, or a directory written by save_to_disk.")
+    config_name: Optional[str] = option(None, "Dataset configuration name on the Hub.")
+    train_split: str = option("train", "Split to train on.")
+    eval_split: Optional[str] = option(
+        None, "Split to validate on; default 'validation', else a seeded split of train."
+    )
+    val_fraction: float = option(0.1, "Share of train held out when the dataset has no validation split.", min=0.0)
+    image_column: Optional[str] = option(None, "Image column; detected from the features when unset.")
+    label_column: Optional[str] = option(None, "Label column; detected from the features when unset.")
+    max_train_samples: Optional[int] = option(None, "Keep this many training examples (seeded).", min=1)
+    max_eval_samples: Optional[int] = option(None, "Keep this many validation examples.", min=1)
+    interpolation: str = option("bilinear", "Resize to the model's input size with this filter.", INTERPOLATION_CHOICES)
+    hflip: bool = option(True, "Random horizontal flip while training.")
+    image_mean: Optional[list[float]] = option(
+        None, "Normalisation mean per channel, e.g. [0.5, 0.5, 0.5]; default the model's (its image processor's)."
+    )
+    image_std: Optional[list[float]] = option(None, "Normalisation std per channel; default the model's.")
+    num_workers: Optional[int] = option(
+        None,
+        "Data-loader worker processes (they only decode images). Default: none on a CPU, which is busy "
+        "training; with an accelerator, half the CPU cores up to 8.",
+        min=0,
+    )
+    on_bad_image: str = option(
+        "error", "An image that cannot be decoded: 'error' names it and stops, 'skip' leaves it out.", ("error", "skip")
+    )
+
+
+@dataclass
+class TrainingSection:
+    epochs: float = option(3.0, "Training epochs.", min=0.0)
+    max_steps: int = option(-1, "Stop after this many optimizer steps; -1 uses epochs.", min=-1)
+    batch_size: int = option(32, "Per-device training batch size.", min=1)
+    eval_batch_size: Optional[int] = option(None, "Per-device evaluation batch size; default batch_size.", min=1)
+    grad_accum: int = option(1, "Gradient accumulation steps.", min=1)
+    lr: float = option(5e-5, "Peak learning rate.", min=0.0)
+    weight_decay: float = option(0.0, "Weight decay.", min=0.0)
+    warmup_ratio: float = option(0.0, "Share of steps spent warming up (below 1).", min=0.0)
+    scheduler: str = option("linear", "Learning-rate schedule (transformers' names).", SCHEDULERS)
+    scheduler_kwargs: dict[str, Any] = option({}, "Extra scheduler arguments, e.g. {factor: 0.6, min_lr: 1e-7}.")
+    optimizer: str = option(
+        "adamw_torch_fused", "Optimizer (transformers' names); fused AdamW is the fastest.", OPTIMIZERS
+    )
+    precision: str = option("fp32", "Mixed precision.", ("fp32", "bf16", "fp16"))
+    seed: int = option(42, "Seed for initialisation, data split and order.")
+    early_stopping_patience: Optional[int] = option(
+        None, "Stop after this many evaluations without improvement.", min=1
+    )
+    logging_steps: int = option(10, "Log the loss every this many steps.", min=1)
+    cache_features: str = option(
+        "auto",
+        "Compute the frozen prefix (all before the first trainable block) once and train the rest on its output. "
+        "'auto': where that is exact (linear_probe, last_block, last_k, custom with a frozen prefix, and no dropout "
+        "in the prefix) and saves work in the run or reuses a stored cache; 'true': wherever possible, else an "
+        "error; 'false': never.",
+        SWITCHES,
+    )
+    cache_storage: str = option(
+        "auto",
+        "Where cached features live: 'auto' reuses a store on disk with the same key, else keeps them on the "
+        "accelerator or in memory when they take under a quarter of its total memory, else on disk (memory-mapped, "
+        "under $HF_TL_CACHE, reused by later runs with the same key); a store that took long to build in memory is "
+        "also written there. 'memory' never touches the disk.",
+        ("auto", "memory", "disk"),
+    )
+    train_metrics: bool = option(
+        True,
+        "After training, score the training images the run drew (all, unless it stopped inside its first epoch) "
+        "for metrics.json's 'train', the card's train column and `hf-tl report`'s train accuracy: one inference pass "
+        "over them. false skips it ('train' is null).",
+    )
+    channels_last: str = option(
+        "auto", "channels_last memory format; 'auto': for convolutional networks on an accelerator.", SWITCHES
+    )
+    compile: bool = option(False, "torch.compile the model (slow to start, faster steps on a GPU).")
+    resume: str = option(
+        "auto",
+        "'auto' continues from the last complete checkpoint in output.dir; 'never' discards them and starts over.",
+        ("auto", "never"),
+    )
+
+
+@dataclass
+class HubSection:
+    push: bool = option(False, "Push the run folder to the Hub at the end of the run.")
+    repo_id: Optional[str] = option(None, "Target repository, 'user/name'.")
+    private: bool = option(False, "Create the repository private.")
+
+
+@dataclass
+class OutputSection:
+    dir: Optional[str] = option(None, "Run folder; default runs/<recipe>-<timestamp>.")
+    overwrite: bool = option(
+        False,
+        "Train again over the run in output.dir: its files (only hf_tl's) are set aside, and removed once this run "
+        "saves its first checkpoint. Default: the same recipe resumes, or is reported complete.",
+    )
+
+
+@dataclass
+class Recipe:
+    model: ModelSection = field(default_factory=ModelSection)
+    strategy: StrategySection = field(default_factory=StrategySection)
+    data: DataSection = field(default_factory=DataSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    hub: HubSection = field(default_factory=HubSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    name: str = "recipe"
+
+
+SECTIONS = {
+    "model": ModelSection,
+    "strategy": StrategySection,
+    "data": DataSection,
+    "training": TrainingSection,
+    "hub": HubSection,
+    "output": OutputSection,
+}
+_ASSET = re.compile(r"\$\{hf_tl\.asset:([^}]*)\}")
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in recipe_dir().glob("*.yaml"))
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A shipped recipe by name, or a YAML file by path."""
+    hint = "or give a path to a .yaml file; `python -m hf_tl.recipes list` shows them all."
+    return find_yaml(name_or_path, recipe_dir(), "recipe", hint)
+
+
+def find_yaml(name_or_path: str, shipped_in: Path, what: str, hint: str) -> Path:
+    """`name_or_path` as a YAML path, or the shipped `shipped_in/NAME.yaml`; else an error listing the shipped ones."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise RecipeError(f"{what} file '{name_or_path}' does not exist.")
+        return path
+    shipped = shipped_in / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    known = sorted(p.stem for p in shipped_in.glob("*.yaml"))
+    raise RecipeError(
+        f"unknown {what} '{name_or_path}'.{did_you_mean(name_or_path, known)}\n"
+        f"  known {what}s: {', '.join(known)}\n  {hint}"
+    )
+
+
+def parse_args(argv: list[str]) -> tuple[str, list[str]]:
+    """Split `recipe=NAME key=value ...` into the recipe and its overrides."""
+    recipe, overrides = None, []
+    for arg in argv:
+        if "=" not in arg:
+            raise RecipeError(f"argument '{arg}' is not of the form key=value (e.g. training.lr=3e-4).")
+        key, value = arg.split("=", 1)
+        if key.lstrip("+") == "recipe":
+            recipe = value
+        else:
+            overrides.append(arg)
+    if recipe is None:
+        raise RecipeError(f"no recipe given: start with recipe=NAME. Known recipes: {', '.join(available_recipes())}")
+    return recipe, overrides
+
+
+def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
+    """Load a recipe, apply overrides, and return it typed and checked."""
+    path = find_recipe(name_or_path)
+    raw = _read_yaml(path)
+    schema = OmegaConf.structured(Recipe)
+    try:
+        merged = OmegaConf.merge(schema, raw, {"name": path.stem}, _dotlist(overrides))
+    except errors.ConfigKeyError as e:
+        raise RecipeError(_unknown_key_message(e.full_key)) from None
+    except errors.ValidationError as e:
+        if e.full_key is None:  # a whole section replaced by a scalar
+            raise RecipeError(_scalar_section_message(raw, overrides)) from None
+        raise RecipeError(_bad_type_message(e.full_key, e.value)) from None
+    _check_missing(merged)
+    _expand_assets(merged)
+    recipe: Recipe = OmegaConf.to_object(merged)
+    _check_values(recipe)
+    return recipe
+
+
+def recipe_from_argv(argv: list[str]) -> Recipe:
+    name, overrides = parse_args(argv)
+    return load_recipe(name, overrides)
+
+
+def to_yaml(recipe: Recipe) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(recipe))
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    return read_mapping(path, "recipe", "of sections (model, strategy, data, ...)")
+
+
+def read_mapping(path: Path, what: str, contents: str) -> DictConfig:
+    """A YAML mapping read with OmegaConf's safe loader; the only interpolation allowed is `${hf_tl.asset:...}`."""
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and OmegaConf's own errors
+        raise RecipeError(f"{what} '{path}' is not valid YAML: {e}") from None
+    if not isinstance(raw, DictConfig):
+        raise RecipeError(f"{what} '{path}' must be a mapping {contents}.")
+    _reject_interpolations(raw, "")
+    return raw
+
+
+def _dotlist(overrides: list[str]) -> DictConfig:
+    for item in overrides:
+        if "${" in item:
+            raise RecipeError(f"override '{item}': interpolations are not allowed on the command line.")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except Exception as e:
+        raise RecipeError(f"could not parse overrides {list(overrides)}: {e}") from None
+
+
+def _reject_interpolations(node: Any, prefix: str) -> None:
+    """Recipes are data: the only interpolation allowed is `${hf_tl.asset:...}`."""
+    if OmegaConf.is_config(node):
+        node = OmegaConf.to_container(node, resolve=False)
+    for key, value in node.items() if isinstance(node, dict) else enumerate(node):
+        full = f"{prefix}{key}"
+        if isinstance(value, (dict, list)):
+            _reject_interpolations(value, f"{full}.")
+        elif isinstance(value, str) and "${" in value and not _ASSET.fullmatch(value):
+            raise RecipeError(
+                f"recipe key '{full}': interpolation '{value}' is not allowed; only ${{hf_tl.asset:PATH}}."
+            )
+
+
+def _expand_assets(cfg: DictConfig) -> None:
+    for section in cfg.values() if isinstance(cfg, DictConfig) else ():
+        if not isinstance(section, DictConfig):
+            continue
+        for key, value in section.items_ex(resolve=False):
+            if isinstance(value, str) and (m := _ASSET.fullmatch(value)):
+                section[key] = str(asset_path(m.group(1)))
+
+
+def _check_missing(cfg: DictConfig) -> None:
+    for section_name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if OmegaConf.is_missing(cfg[section_name], f.name):
+                raise RecipeError(
+                    f"recipe key '{section_name}.{f.name}' is required: {f.metadata['help']} "
+                    f"Set it in the recipe or as {section_name}.{f.name}=..."
+                )
+
+
+def check_options(obj: Any, prefix: str = "", what: str = "recipe key") -> None:
+    """Every `option` field of the dataclass `obj` against its choices and minimum."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        choices, low = f.metadata.get("choices"), f.metadata.get("min")
+        if choices and value is not None and value not in choices:  # None: an Optional left unset
+            raise RecipeError(
+                f"{what} '{key}' got '{value}', which is not one of: {', '.join(choices)}."
+                f"{did_you_mean(str(value), choices)}"
+            )
+        if low is not None and value is not None and value < low:
+            raise RecipeError(f"{what} '{key}' got {value}; it must be at least {low}.")
+
+
+def _check_values(recipe: Recipe) -> None:
+    for key in ("cache_features", "channels_last"):  # YAML reads true/false as booleans, OmegaConf as 'True'
+        setattr(recipe.training, key, str(getattr(recipe.training, key)).lower())
+    for section_name in SECTIONS:
+        check_options(getattr(recipe, section_name), f"{section_name}.")
+    if not 0 < recipe.data.val_fraction < 1:
+        raise RecipeError(
+            f"recipe key 'data.val_fraction' got {recipe.data.val_fraction}; it must lie strictly between 0 and 1."
+        )
+    for key, value in (
+        ("training.warmup_ratio", recipe.training.warmup_ratio),
+        ("strategy.dropout", recipe.strategy.dropout),
+    ):
+        if value >= 1:
+            raise RecipeError(f"recipe key '{key}' got {value}; it must be below 1.")
+    for key in ("image_mean", "image_std"):
+        values = getattr(recipe.data, key)
+        if values is not None and (len(values) != 3 or (key == "image_std" and min(values) <= 0)):
+            rule = "three positive numbers" if key == "image_std" else "three numbers"
+            raise RecipeError(f"recipe key 'data.{key}' got {values}; it must be {rule}, one per RGB channel.")
+    if recipe.hub.push and not recipe.hub.repo_id:
+        raise RecipeError("hub.push=true needs hub.repo_id=user/name.")
+    _check_something_trains(recipe.training)
+    check_scheduler_kwargs(recipe.training)
+
+
+def _check_something_trains(t: TrainingSection) -> None:
+    """A run that would take no optimizer step at a learning rate above 0 is refused before any work."""
+    if t.max_steps == 0:
+        raise RecipeError(
+            "recipe key 'training.max_steps' got 0: nothing would train. Set a number of steps, "
+            "or training.max_steps=-1 to train for training.epochs."
+        )
+    if t.max_steps < 0 and t.epochs == 0:
+        raise RecipeError(
+            "recipe key 'training.epochs' got 0: nothing would train. Set training.epochs above 0 "
+            "(e.g. training.epochs=1), or a number of steps with training.max_steps."
+        )
+    if t.max_steps > 0:
+        check_steps_train(t, t.max_steps, f"training.max_steps={t.max_steps}")
+
+
+def warmup_steps(t: TrainingSection, total_steps: int) -> int:
+    """Optimizer steps spent warming up from learning rate 0, counted as transformers counts them."""
+    if t.scheduler in NO_WARMUP or t.warmup_ratio == 0:
+        return 0
+    return math.ceil(total_steps * t.warmup_ratio)
+
+
+def check_steps_train(t: TrainingSection, total_steps: int, why: str) -> None:
+    """The warm-up's first step is at learning rate 0: a run of that one step alone trains nothing."""
+    if total_steps - min(warmup_steps(t, total_steps), 1) <= 0:
+        raise RecipeError(
+            f"training would take {total_steps} optimizer step ({why}), and with training.warmup_ratio="
+            f"{t.warmup_ratio} that step is the warm-up's first, at learning rate 0: nothing would train. "
+            "Set training.warmup_ratio=0, or train for more steps."
+        )
+
+
+# get_scheduler builds these without scheduler_specific_kwargs: any given would be dropped without a word.
+SCHEDULERS_WITHOUT_KWARGS = ("constant", "constant_with_warmup")
+SCHEDULER_OWN_ARGUMENTS = ("optimizer", "num_warmup_steps", "num_training_steps", "last_epoch")  # the Trainer's
+
+
+def check_scheduler_kwargs(t: TrainingSection) -> None:
+    """training.scheduler_kwargs as transformers' get_scheduler takes them, checked before any work: each key is
+    an argument of the scheduler's function (of torch's ReduceLROnPlateau for reduce_lr_on_plateau), and the
+    scheduler builds with them. cosine_with_min_lr is checked even without any: it needs min_lr or min_lr_rate."""
+    if not t.scheduler_kwargs and t.scheduler != "cosine_with_min_lr":
+        return  # nothing to check, and transformers.optimization is slow to import
+    import inspect
+
+    import torch
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType, get_scheduler
+
+    given = dict(t.scheduler_kwargs)
+    builder = TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(t.scheduler)]
+    if t.scheduler == "reduce_lr_on_plateau":  # get_reduce_on_plateau_schedule passes **kwargs on to it
+        builder = torch.optim.lr_scheduler.ReduceLROnPlateau
+    parameters = [] if t.scheduler in SCHEDULERS_WITHOUT_KWARGS else inspect.signature(builder).parameters
+    valid = [name for name in parameters if name not in SCHEDULER_OWN_ARGUMENTS]
+    for key in given:
+        if key not in valid:
+            accepted = f"it takes: {', '.join(valid)}" if valid else "it takes none"
+            raise RecipeError(
+                f"recipe key 'training.scheduler_kwargs' has '{key}', which training.scheduler={t.scheduler} does not "
+                f"take.{did_you_mean(key, valid)} {accepted.capitalize()}."
+            )
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=t.lr)
+    try:  # a trial build with a stand-in optimizer: the values are checked where they are used
+        get_scheduler(t.scheduler, optimizer, 0, 10, scheduler_specific_kwargs=given)  # 0 warm-up steps of 10
+    except (TypeError, ValueError) as e:
+        raise RecipeError(
+            f"recipe key 'training.scheduler_kwargs' got {given} for training.scheduler={t.scheduler}: {e}"
+        ) from None
+
+
+def did_you_mean(value: str, choices: Any) -> str:
+    """' Did you mean X?' for the closest of `choices`, or ''."""
+    close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _unknown_key_message(full_key: str) -> str:
+    path = str(full_key).split(".")
+    if path[0] in SECTIONS:
+        valid = [f"{path[0]}.{f.name}" for f in dataclasses.fields(SECTIONS[path[0]])]
+        where = f" in '{path[0]}'"
+    else:
+        valid, where = list(SECTIONS), ""
+    bad = ".".join(path[:2]) if path[0] in SECTIONS else path[0]
+    return f"unknown recipe key '{full_key}'.{did_you_mean(bad, valid)}\n  valid keys{where}: {', '.join(valid)}"
+
+
+def type_name(annotation: Any) -> str:
+    """A field's type as a user reads it: `Optional[int]` is `int`."""
+    return re.sub(r"^(typing\.)?Optional\[(.*)\]$", r"\2", str(annotation))
+
+
+def same_option(section: type, name: str, default: Any = dataclasses.MISSING) -> Any:
+    """An `option` with the help, choices and minimum of a recipe section's field, for another command's args."""
+    source = next(f for f in dataclasses.fields(section) if f.name == name)
+    value = source.default if default is dataclasses.MISSING else default
+    return option(value, source.metadata["help"], source.metadata["choices"], source.metadata["min"])
+
+
+def _bad_type_message(full_key: str, value: Any) -> str:
+    section, _, key = str(full_key).partition(".")
+    types = {f.name: f.type for f in dataclasses.fields(SECTIONS[section])} if section in SECTIONS else {}
+    expected = type_name(types.get(key, "mapping of keys"))
+    if key in types and "Optional" in str(types[key]):
+        expected += " (or null)"
+    return f"recipe key '{full_key}' got {value!r}, which is not a valid {expected}."
+
+
+def _scalar_section_message(raw: DictConfig, overrides: list[str]) -> str:
+    given = {k: v for k, v in raw.items_ex(resolve=False) if k in SECTIONS and not isinstance(v, DictConfig)}
+    given.update({k: v for k, _, v in (o.partition("=") for o in overrides) if k in SECTIONS})
+    name, value = next(iter(given.items()), ("?", "?"))
+    return f"recipe key '{name}' got {value!r}; it must be a mapping of {name}.* keys (e.g. {name}.KEY=VALUE)."
