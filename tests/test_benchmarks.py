@@ -62,3 +62,9 @@ def test_gpu_check_runs_tiny_on_the_cpu(tmp_path):
     assert plain["training_images_per_second"] > 0 and plain["trainable_parameters"] > 0
     assert report["ratio_training_images_per_second"] > 0
     assert "training images/s, hf_tl / plain Trainer" in result.stdout  # the table
+
+
+def test_cli_startup_benchmark_times_help_and_a_typo_against_importing_torch():
+    result = json.loads(benchmark("cli_startup.py", "--repeat=1", "--json").stdout)
+    assert set(result["median_seconds"]) == {"help", "typo", "import_torch"}  # and each exited as it must
+    assert result["help_vs_import_torch"] > 0 and result["typo_vs_import_torch"] > 0
