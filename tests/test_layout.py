@@ -133,3 +133,16 @@ with locked(root):  # released: the next sweep runs
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_wheel_lists_every_package_of_hf_tl():
+    """pyproject.toml lists the packages (recipes/ and model_cards/ ship as mapped data packages, which setuptools
+    cannot add to found ones): every folder of hf_tl/ with an __init__.py must be on the list, or the wheel
+    leaves it out (as it once left hf_tl/analysis/ out)."""
+    from setuptools import find_packages
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = set(find_packages(str(PACKAGE.parent), include=["hf_tl", "hf_tl.*"]))
+    assert found - listed == set() and listed - found == {"hf_tl._recipes", "hf_tl._model_cards"}
