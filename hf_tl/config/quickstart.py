@@ -5,7 +5,7 @@ scikit-learn's digits 0-4, and DIR/digits-5-9, the data the `quickstart` recipe 
 on: a real transfer to classes the backbone has never seen. These are the assets shipped in
 hf_tl/assets/quickstart/; the command never writes into the installed package, and replaces nothing in DIR
 but those two folders. Needs scikit-learn (the `dev` extra). Train on the rebuilt assets with
-`python -m hf_tl.train recipe=quickstart model.name=DIR/backbone data.dataset=DIR/digits-5-9`.
+`hf-tl train recipe=quickstart model.name=DIR/backbone data.dataset=DIR/digits-5-9`.
 """
 
 from __future__ import annotations

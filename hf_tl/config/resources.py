@@ -29,7 +29,7 @@ def recipe_dir() -> Path:
 
 
 def study_dir() -> Path:
-    """`recipes/studies/` of the checkout: the studies `python -m hf_tl.sweep` runs, and their figures."""
+    """`recipes/studies/` of the checkout: the studies `hf-tl sweep` runs, and their figures."""
     return recipe_dir() / "studies"
 
 
