@@ -228,7 +228,7 @@ def find_yaml(name_or_path: str, shipped_in: Path, what: str, hint: str) -> Path
     known = sorted(p.stem for p in shipped_in.glob("*.yaml"))
     raise RecipeError(
         f"unknown {what} '{name_or_path}'.{did_you_mean(name_or_path, known)}\n"
-        f"  known {what}s: {', '.join(known)}\n  {hint}"
+        f"  known {what[:-1] + 'ies' if what.endswith('y') else what + 's'}: {', '.join(known)}\n  {hint}"
     )
 
 

@@ -197,3 +197,11 @@ def test_overrides_get_their_own_sweep_folder_and_a_folder_keeps_its_own(tmp_pat
     assert json.loads((shorter / "sweep.json").read_text())["overrides"] == ["training.epochs=2"]
     with pytest.raises(RecipeError, match="output.dir is the sweep's"):
         parse_args(["study=malpure2021_repo", "output.dir=x"])
+
+
+def test_an_unknown_study_lists_the_known_studies():
+    with pytest.raises(RecipeError) as info:
+        load_study("malpure2012")
+    message = str(info.value)
+    assert message.startswith("unknown study 'malpure2012'. Did you mean 'malpure2021'?")
+    assert "\n  known studies: malpure2021, malpure2021_repo, zhou2021\n" in message
