@@ -19,6 +19,9 @@ from hf_tl.config.recipe import SECTIONS, available_recipes, check_options, did_
 from hf_tl.errors import RecipeError
 
 
+HELP_FLAGS = ("-h", "--help")
+JSON_FLAG = "--json"
+
 def parse_key_values(schema: type, argv: list[str]) -> Any:
     """`key=value` arguments onto a dataclass, with errors that name the key, the value and what is allowed.
 
@@ -30,6 +33,9 @@ def parse_key_values(schema: type, argv: list[str]) -> Any:
     dotlist = []
     for arg in argv:
         key = arg.split("=", 1)[0]
+        if arg == JSON_FLAG and "json" in valid:  # the one flag: a command that prints data prints it as JSON
+            dotlist.append("json=true")
+            continue
         if arg.startswith("-"):
             raise RecipeError(_flag_message(arg, valid))
         if "=" not in arg:
@@ -90,7 +96,6 @@ def subcommand(argv: Sequence[str], commands: Sequence[str], example: str) -> tu
     return argv[0], list(argv[1:])
 
 
-HELP_FLAGS = ("-h", "--help")
 
 
 def wants_help(argv: Sequence[str]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 from hf_tl.cli.arguments import subcommand_arguments_of
@@ -14,8 +15,11 @@ COMMANDS = {"list": RecipesListArgs, "show": RecipesShowArgs, "copy": RecipesCop
 EXAMPLE = "hf-tl recipes copy quickstart my_recipes/"
 
 
-def _list(_: RecipesListArgs) -> None:
+def _list(args: RecipesListArgs) -> None:
     names = available_recipes()
+    if args.json:
+        print(json.dumps([{"name": n, "description": describe(n), "path": str(find_recipe(n))} for n in names]))
+        return
     width = max(map(len, names), default=0)
     for name in names:
         print(f"{name:<{width}}  {describe(name)}")

@@ -139,7 +139,7 @@ class ReportArgs:
 
 @dataclass
 class RecipesListArgs:
-    pass
+    json: bool = option(False, "Print the list as JSON: [{name, description, path}, ...] (also --json).")
 
 
 @dataclass
