@@ -18,9 +18,9 @@ from omegaconf import OmegaConf, errors
 from hf_tl.config.recipe import SECTIONS, available_recipes, check_options, did_you_mean, type_name
 from hf_tl.errors import RecipeError
 
-
 HELP_FLAGS = ("-h", "--help")
 JSON_FLAG = "--json"
+
 
 def parse_key_values(schema: type, argv: list[str]) -> Any:
     """`key=value` arguments onto a dataclass, with errors that name the key, the value and what is allowed.
@@ -94,8 +94,6 @@ def subcommand(argv: Sequence[str], commands: Sequence[str], example: str) -> tu
         choices = ", ".join(commands[:-1]) + f" or {commands[-1]}"
         raise RecipeError(f"got {given}; start with a command: {choices}.{hint}\n  e.g. {example}")
     return argv[0], list(argv[1:])
-
-
 
 
 def wants_help(argv: Sequence[str]) -> bool:
