@@ -165,3 +165,14 @@ def test_one_grammar_for_every_command(argv, message, capsys):
 
     code, err = exit_status_of(main, argv, capsys)
     assert code == 2 and err.splitlines()[0] == message, err
+
+
+def test_a_command_that_prints_data_prints_it_as_json_with_json(capsys):
+    from conftest import exit_status_of
+
+    main(["recipes", "list", "--json"])
+    listed = json.loads(capsys.readouterr().out)
+    (quickstart,) = [r for r in listed if r["name"] == "quickstart"]
+    assert quickstart["description"] and Path(quickstart["path"]).is_file()
+    code, err = exit_status_of(main, ["recipes", "show", "quickstart", "--json"], capsys)
+    assert code == 2 and err.startswith("error: unknown option '--json'.")  # show prints a file, not data
