@@ -53,7 +53,7 @@ def cli(main: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(main)
     def run(*args: Any, **kwargs: Any) -> Any:
-        _warned.clear()  # each command says its warnings once
+        forget_warnings()  # each command says its warnings once
         with scrubbed_logs_and_warnings():
             try:
                 return main(*args, **kwargs)
@@ -91,9 +91,14 @@ _warned: set[str] = set()
 def warn(message: str) -> None:
     """hf_tl's one way to warn: a `warning: ...` line on stderr, scrubbed, said once per process however often
     the code that finds it runs (a model and its processor load through the same checks)."""
-    if message not in _warned:
+    if message not in _warned and os.environ.get("RANK", "0") == "0":  # once, not once per process of a launch
         _warned.add(message)
         WARNINGS.warning(message)
+
+
+def forget_warnings() -> None:
+    """A new command, or a new run in the same process: its warnings are said again."""
+    _warned.clear()
 
 
 def fail(message: str, exit_code: int) -> NoReturn:

@@ -19,6 +19,7 @@ import datasets
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import utils as hub_utils
 from tqdm.auto import tqdm
+from transformers.utils import is_in_notebook
 from transformers.utils import logging as transformers_logging
 
 FORCE_ENV = "HF_TL_PROGRESS"  # 1: bars even in a log file; 0: never
@@ -32,7 +33,7 @@ def bars_on(stream: TextIO | None = None) -> bool:
         return forced.upper() in hub_constants.ENV_VARS_TRUE_VALUES
     if os.environ.get(HUB_ENV, "").strip().upper() in hub_constants.ENV_VARS_TRUE_VALUES:
         return False
-    return _is_terminal(stream or sys.stderr)
+    return _is_terminal(stream or sys.stderr) or is_in_notebook()  # a notebook's stderr is no tty, yet shows bars
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -46,7 +47,13 @@ def bar(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
     """A tqdm bar on stderr, or a silent one (same calls, no output) when `bars_on()` says no."""
     kwargs.setdefault("file", sys.stderr)
     kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(iterable, disable=not bars_on(kwargs["file"]), **kwargs)
+    shown = bars_on(kwargs["file"]) and is_main_process()  # N ranks' bars would overwrite one another
+    return tqdm(iterable, disable=not shown, **kwargs)
+
+
+def is_main_process() -> bool:
+    """Rank 0, or no distributed launch: torchrun and accelerate set RANK in every process they start."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def write(line: str) -> None:

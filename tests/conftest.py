@@ -48,9 +48,9 @@ TINY_VIT = dict(
 @pytest.fixture(autouse=True)
 def warnings_said_afresh():
     """hf_tl says each warning once per command (`hf_tl.errors.warn`); each test is a command of its own."""
-    from hf_tl import errors
+    from hf_tl.errors import forget_warnings
 
-    errors._warned.clear()
+    forget_warnings()
 
 
 @pytest.fixture

@@ -33,6 +33,8 @@ def parse_key_values(schema: type, argv: list[str]) -> Any:
     dotlist = []
     for arg in argv:
         key = arg.split("=", 1)[0]
+        if "${" in arg:  # bare words too: OmegaConf would resolve ${oc.env:...}
+            raise RecipeError(f"argument '{arg}': interpolations are not allowed.")
         if arg == JSON_FLAG and "json" in valid:  # the one flag: a command that prints data prints it as JSON
             dotlist.append("json=true")
             continue
@@ -43,14 +45,20 @@ def parse_key_values(schema: type, argv: list[str]) -> Any:
             continue
         if key not in valid:
             raise RecipeError(f"unknown key '{key}'.{did_you_mean(key, valid)}\n  valid keys: {', '.join(valid)}")
-        if "${" in arg:
-            raise RecipeError(f"argument '{arg}': interpolations are not allowed.")
         dotlist.append(arg)
+    for arg in dotlist:
+        if (key := arg.split("=", 1)[0]) in given:
+            raise RecipeError(f"{key} is given twice, as '{given[key]}' and as '{arg}'; give it once.")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(given), OmegaConf.from_dotlist(dotlist))
     except errors.ValidationError as e:
-        expected = type_name(next(f.type for f in fields if f.name == e.full_key))
-        raise RecipeError(f"key '{e.full_key}' got {e.value!r}, which is not a valid {expected}.") from None
+        field = next(f for f in fields if f.name == e.full_key)
+        bare = (
+            f" Give them as bare words: {e.value} ..." if field.metadata.get("positional") and _is_list(field) else ""
+        )
+        raise RecipeError(
+            f"key '{e.full_key}' got {e.value!r}, which is not a valid {type_name(field.type)}.{bare}"
+        ) from None
     for f in fields:
         if OmegaConf.is_missing(merged, f.name):
             raise RecipeError(f"'{f.name}=' is required: {f.metadata['help']}")

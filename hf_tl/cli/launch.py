@@ -8,10 +8,12 @@ child's status is returned, and the child's own `error:` line is all that is sai
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import subprocess
 from collections.abc import Sequence
+from typing import NoReturn
 
 from hf_tl.errors import RecipeError
 
@@ -33,11 +35,13 @@ def split_launch_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     words = list(argv)
     while words:
         word = words.pop(0)
-        if not word.startswith("--"):
+        if not word.startswith("-"):
             rest.append(word)
             continue
         name, eq, value = word.partition("=")
-        if not eq and words and "=" not in words[0] and not words[0].startswith("--"):
+        if "." in name:  # --training.epochs=2: a recipe key written as a flag
+            raise RecipeError(f"'{word}': recipe keys are key=value; write {name.lstrip('-')}=VALUE.")
+        if not eq and words and "=" not in words[0] and not words[0].startswith("-"):
             value, eq = words.pop(0), "="
         if name == NPROC:
             flags += ["--num_processes", _process_count(value)]
@@ -55,6 +59,12 @@ def _process_count(value: str) -> str:
 def wants_launcher(flags: Sequence[str]) -> bool:
     """Launch when asked to, or when the user has an accelerate config; never from inside a launched process."""
     if any(os.environ.get(name) for name in LAUNCHED_ENV):
+        if flags:
+            raise RecipeError(
+                f"launch flags ({' '.join(flags)}) given inside a process that is already launched "
+                f"({', '.join(n for n in LAUNCHED_ENV if os.environ.get(n))} is set): give them to the launcher "
+                "that started this one, or run hf-tl train outside it."
+            )
         return False
     return bool(flags) or os.path.isfile(_default_config_file())
 
@@ -67,40 +77,61 @@ def _default_config_file() -> str:
 
 def launch(flags: Sequence[str], overrides: Sequence[str]) -> int:
     """Run `python -m hf_tl.train OVERRIDES` as Accelerate would, and return its exit status."""
-    from accelerate.commands.launch import launch_command, launch_command_parser
+    from accelerate.commands.launch import launch_command
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    words = [*flags, *_explicit_defaults(flags), "--module", "hf_tl.train", *overrides]
-    args, unknown = launch_command_parser().parse_known_args(words)
-    if unknown:
-        raise RecipeError(f"unknown launch flag(s) {' '.join(unknown)}; `accelerate launch --help` lists them.")
+    args = _launch_arguments(flags, overrides)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the child says what went wrong
     try:
         launch_command(args)
     except subprocess.CalledProcessError as e:
         return _status(e.returncode)
     except ChildFailedError as e:
-        return _status(e.failures[min(e.failures)].exitcode)
+        return _status(e.get_first_failure()[1].exitcode)  # torch's own pick of the root cause
+    except SignalException as e:  # Ctrl-C or a scheduler's SIGTERM while the processes ran
+        return 128 + int(e.sigval)
+    except FileNotFoundError as e:  # --config_file naming no file
+        raise RecipeError(f"launch flags: {e.filename or e}: no such file.") from None
     except ValueError as e:  # accelerate's own check of the flags (e.g. --multi_gpu with one process)
         raise RecipeError(f"launch flags: {e}") from None
     return 0
 
 
-def _explicit_defaults(flags: Sequence[str]) -> list[str]:
-    """Without an accelerate config, the values accelerate would pick, given so that it does not warn of them."""
-    if "--config_file" in flags or os.path.isfile(_default_config_file()):
-        return []
-    given = set(flags)
-    processes = int(flags[flags.index("--num_processes") + 1]) if "--num_processes" in given else 1
-    defaults = {
-        "--num_processes": str(processes),
-        "--num_machines": "1",
-        "--mixed_precision": "no",
-        "--dynamo_backend": "no",
-    }
-    words = [w for name, value in defaults.items() if name not in given for w in (name, value)]
-    several = processes > 1 and not given & {"--multi_gpu", "--use_fsdp", "--use_deepspeed", "--cpu", "--tpu"}
-    return words + (["--multi_gpu"] if several else [])
+def _launch_arguments(flags: Sequence[str], overrides: Sequence[str]) -> argparse.Namespace:
+    """accelerate's own parse of the flags (dashed spellings and abbreviations included), then, without an
+    accelerate config, its defaults set where the user gave nothing, so that it does not warn of them."""
+    from accelerate.commands.launch import launch_command_parser
+
+    parser = launch_command_parser()
+    parser.error = _refuse  # type: ignore[method-assign]  # one error line, not accelerate's usage text
+    quiet = [f for f in flags if f not in ("--quiet", "-q")]  # --quiet makes accelerate exit 1 on any failure
+    args, unknown = parser.parse_known_args([*quiet, "--module", "hf_tl.train", *overrides])
+    if unknown:
+        raise RecipeError(f"unknown launch flag(s) {' '.join(unknown)}; `accelerate launch --help` lists them.")
+    if args.cpu and (args.num_processes or 1) > 1:
+        raise RecipeError(
+            "--cpu with several processes starts one (accelerate); on a machine without a GPU, --nproc N alone "
+            "runs N gloo ranks."
+        )
+    if args.config_file is None and not os.path.isfile(_default_config_file()):
+        _set_defaults(args)
+    return args
+
+
+def _set_defaults(args: argparse.Namespace) -> None:
+    distributed = args.multi_gpu or args.use_fsdp or args.use_deepspeed or args.use_megatron_lm or args.tpu
+    if args.num_processes is None and not distributed:  # distributed without a count: accelerate counts the GPUs
+        args.num_processes = 1
+    for name, value in (("num_machines", 1), ("mixed_precision", "no"), ("dynamo_backend", "no")):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if (args.num_processes or 1) > 1 and not distributed:
+        args.multi_gpu = True  # several processes on one machine: data parallel (gloo ranks without a GPU)
+
+
+def _refuse(message: str) -> NoReturn:
+    raise RecipeError(f"launch flags: {message}.")
 
 
 def _status(code: int) -> int:

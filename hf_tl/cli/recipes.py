@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 from hf_tl.cli.arguments import subcommand_arguments_of
@@ -31,7 +32,7 @@ def _show(args: RecipesShowArgs) -> None:
 
 def _copy(args: RecipesCopyArgs) -> None:
     target = copy_recipe(args.name, args.dest)
-    print(f"copied {args.name} to {target}; run it with recipe={target}")
+    print(f"copied {args.name} to {target}; run it with: {shlex.join(['hf-tl', 'train', f'recipe={target}'])}")
 
 
 ACTIONS = {"list": _list, "show": _show, "copy": _copy}

@@ -111,6 +111,7 @@ class QuickstartArgs:
         MISSING,
         f"Folder to write {BACKBONE_DIR}/ and {FINETUNE_DIR}/ into (made if need be; anything else in it is left "
         "alone). Not inside the installed hf_tl package.",
+        positional=True,
     )
 
 

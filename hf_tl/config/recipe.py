@@ -211,7 +211,7 @@ def available_recipes() -> list[str]:
 
 def find_recipe(name_or_path: str) -> Path:
     """A shipped recipe by name, or a YAML file by path."""
-    hint = "or give a path to a .yaml file; `python -m hf_tl.recipes list` shows them all."
+    hint = "or give a path to a .yaml file; `hf-tl recipes list` shows them all."
     return find_yaml(name_or_path, recipe_dir(), "recipe", hint)
 
 

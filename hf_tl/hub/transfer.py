@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -52,7 +53,7 @@ def push_run(run_dir: Path, repo_id: str, private: bool = False, *, retries: int
     """Create the repository if needed and upload the run folder's model, recipe, metrics and card in one commit."""
     run_dir = Path(run_dir)
     check_run_folder(run_dir)
-    command = f"hf-tl push {run_dir} repo_id={repo_id}" + (" private=true" if private else "")
+    command = shlex.join(["hf-tl", "push", str(run_dir), f"repo_id={repo_id}", *(["private=true"] if private else [])])
     again = f"The run folder {run_dir} is unchanged; push it again: {command}"
     token = check_can_push(repo_id, again)
     if not (run_dir / CURVES_FILE).exists():  # a folder from before cards existed: render what is missing

@@ -21,7 +21,7 @@ from hf_tl import progress
 from hf_tl.config.recipe import Recipe, check_steps_train, warmup_steps
 from hf_tl.data.datasets import Splits, collate_images, image_transform, load_splits, preprocess_for
 from hf_tl.data.processors import processor_for
-from hf_tl.errors import HfTlError, warn
+from hf_tl.errors import HfTlError, forget_warnings, warn
 from hf_tl.hub.card import write_run_card
 from hf_tl.hub.transfer import check_can_push, push_run
 from hf_tl.models.loading import load_backbone
@@ -189,6 +189,7 @@ def run(recipe: Recipe) -> Path:
     """One run. The order protects what is there: output.dir is checked first, then the data and the model
     load, and only then is the folder changed (an old run being replaced is set aside, not deleted).
     The HF libraries' bars follow hf_tl's (`hf_tl.progress`): none in a log file."""
+    forget_warnings()  # a second run in one process (a notebook) warns again
     with progress.library_bars():
         return _run(recipe)
 

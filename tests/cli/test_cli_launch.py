@@ -25,15 +25,46 @@ def test_nproc_must_be_a_count(value):
         launch.split_launch_flags([f"--nproc={value}", "recipe=q"])
 
 
-def test_without_a_config_accelerate_is_told_its_defaults_so_it_does_not_warn(tmp_path, monkeypatch):
+def test_without_a_config_accelerate_is_told_its_defaults_where_the_user_gave_none(tmp_path, monkeypatch):
+    """accelerate's own parser reads the flags (dashed spellings too); its defaults fill only what is unset."""
     monkeypatch.setattr(launch, "_default_config_file", lambda: str(tmp_path / "none.yaml"))
-    assert launch._explicit_defaults(["--num_processes", "2"]) == [
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu",
-    ]  # fmt: skip
-    assert launch._explicit_defaults([]) == [
-        "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-    ]  # fmt: skip
-    assert launch._explicit_defaults(["--config_file", "mine.yaml"]) == []  # the user's config says
+
+    def parsed(*flags: str):
+        a = launch._launch_arguments(list(flags), ["recipe=quickstart"])
+        return a.num_processes, a.multi_gpu, a.mixed_precision, a.num_machines, a.dynamo_backend
+
+    assert parsed() == (1, False, "no", 1, "no")
+    assert parsed("--num_processes", "2") == (2, True, "no", 1, "no")  # several processes: data parallel
+    assert parsed("--mixed-precision", "bf16", "--num-processes", "4") == (4, True, "bf16", 1, "no")
+    assert parsed("--use_fsdp")[:2] == (None, False)  # FSDP without a count: accelerate counts the GPUs
+    args = launch._launch_arguments(["--quiet"], ["recipe=quickstart", "training.epochs=1"])
+    assert not args.quiet and args.module and args.training_script == "hf_tl.train"
+    assert args.training_script_args == ["recipe=quickstart", "training.epochs=1"]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--num_processes", "abc"],
+            "launch flags: argument --num_processes/--num-processes: invalid int value: 'abc'.",
+        ),
+        (["--cpu", "--num_processes", "2"], "--cpu with several processes starts one (accelerate)"),
+        (["--bogus"], "unknown launch flag(s) --bogus; `accelerate launch --help` lists them."),
+    ],
+)
+def test_bad_launch_flags_are_one_line(flags, message, tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "_default_config_file", lambda: str(tmp_path / "none.yaml"))
+    with pytest.raises(RecipeError) as info:
+        launch._launch_arguments(flags, ["recipe=quickstart"])
+    assert str(info.value).startswith(message)
+
+
+def test_a_recipe_key_written_as_a_flag_gets_the_key_value_spelling():
+    with pytest.raises(
+        RecipeError, match=r"'--training\.epochs=2': recipe keys are key=value; write training\.epochs="
+    ):
+        launch.split_launch_flags(["recipe=quickstart", "--training.epochs=2"])
 
 
 def test_launching_is_for_flags_or_a_config_and_never_from_inside_a_launched_process(tmp_path, monkeypatch):
@@ -44,4 +75,6 @@ def test_launching_is_for_flags_or_a_config_and_never_from_inside_a_launched_pro
     (tmp_path / "none.yaml").write_text("num_processes: 2\n")
     assert launch.wants_launcher([]) is True  # the user's accelerate config
     monkeypatch.setenv("LOCAL_RANK", "0")
-    assert launch.wants_launcher(["--num_processes", "2"]) is False
+    assert launch.wants_launcher([]) is False  # inside torchrun: run here
+    with pytest.raises(RecipeError, match="given inside a process that is already launched"):
+        launch.wants_launcher(["--num_processes", "2"])

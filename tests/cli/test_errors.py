@@ -477,3 +477,15 @@ def test_hf_tl_warns_only_through_warn():
             if name in ("warning", "warn") and "logger" in text or (name is None and "'warning: " in text):
                 offenders.append(f"{path.name}:{node.lineno}: {text[:80]}")
     assert offenders == []
+
+
+def test_only_the_main_process_of_a_launch_warns(capsys, monkeypatch):
+    """Under torchrun or accelerate launch every process runs the same checks: one warning, not one per rank."""
+    from hf_tl.errors import warn
+
+    monkeypatch.setenv("RANK", "1")
+    warn("allow_pickle=true: org/model may load pickle weights")
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    warn("allow_pickle=true: org/model may load pickle weights")
+    assert capsys.readouterr().err == "warning: allow_pickle=true: org/model may load pickle weights\n"

@@ -157,6 +157,15 @@ def test_help_and_a_mistyped_key_import_nothing_heavy():
             ["push", "runs/x", "runs/y", "repo_id=a/b"],
             "error: argument 'runs/y' is not of the form key=value; keys: run, repo_id, private",
         ),
+        (
+            ["download", "repo_id=c/d", "a/b"],
+            "error: repo_id is given twice, as 'a/b' and as 'repo_id=c/d'; give it once.",
+        ),
+        (
+            ["push", "${oc.env:HOME}", "repo_id=a/b"],
+            "error: argument '${oc.env:HOME}': interpolations are not allowed.",
+        ),
+        (["quickstart", "${x}"], "error: argument '${x}': interpolations are not allowed."),
     ],
 )
 def test_one_grammar_for_every_command(argv, message, capsys):

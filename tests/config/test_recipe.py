@@ -209,7 +209,7 @@ def test_unknown_recipe_name_lists_known_and_suggests():
     assert "Did you mean 'quickstart'?" in message
     for name in available_recipes():
         assert name in message
-    assert "python -m hf_tl.recipes list" in message
+    assert "hf-tl recipes list" in message
 
 
 def test_unknown_key_suggests_and_lists_valid_keys():

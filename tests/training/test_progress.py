@@ -110,3 +110,12 @@ def test_forced_bars_are_one_per_phase_and_none_of_transformers(tmp_path):
     assert "Writing model shards" not in result.stderr and "Loading weights" not in result.stderr
     assert "\r" not in result.stdout
     assert len([line for line in result.stdout.splitlines() if EPOCH_LINE.fullmatch(line)]) == 2
+
+
+def test_only_the_main_process_draws_bars(monkeypatch):
+    """N ranks' bars on one terminal would overwrite one another: rank 0 draws, the others stay silent."""
+    monkeypatch.setenv("HF_TL_PROGRESS", "1")
+    monkeypatch.setenv("RANK", "1")
+    assert progress.bar(range(3)).disable is True
+    monkeypatch.setenv("RANK", "0")
+    assert progress.bar(range(3)).disable is False

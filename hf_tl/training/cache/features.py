@@ -669,7 +669,9 @@ def _fill(
     try:
         row = 0
         name = "train, both views" if views == 2 else "train"
-        for batch in progress.bar(_loader(train, splits, batch_size, workers), desc=f"hf_tl: caching ({name})"):
+        for batch in progress.bar(
+            _loader(train, splits, batch_size, workers), desc=f"hf_tl: caching ({name})", leave=False
+        ):
             images = to_device(batch["images"], device)
             put(row, images, None)
             if views == 2:
@@ -677,7 +679,7 @@ def _fill(
             row += len(batch["labels"])
         row = views * len(train)
         for batch in progress.bar(
-            _loader(splits.eval, splits, batch_size, workers), desc="hf_tl: caching (validation)"
+            _loader(splits.eval, splits, batch_size, workers), desc="hf_tl: caching (validation)", leave=False
         ):
             put(row, to_device(batch["images"], device), None)
             row += len(batch["labels"])
