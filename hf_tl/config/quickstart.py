@@ -10,6 +10,7 @@ but those two folders. Needs scikit-learn (the `dev` extra). Train on the rebuil
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
 import tempfile
@@ -102,7 +103,15 @@ def build(out: Path) -> None:
         with replaced_atomically(out / FINETUNE_DIR) as finetune:
             write_dataset(digits_dataset(FINETUNE_DIGITS), finetune)
     print(
-        f"wrote {out / BACKBONE_DIR} and {out / FINETUNE_DIR}. Train on them: python -m hf_tl.train "
-        f"recipe=quickstart model.name={out / BACKBONE_DIR} data.dataset={out / FINETUNE_DIR}",
+        f"wrote {out / BACKBONE_DIR} and {out / FINETUNE_DIR}. Train on them: "
+        + shlex.join(
+            [
+                "hf-tl",
+                "train",
+                "recipe=quickstart",
+                f"model.name={out / BACKBONE_DIR}",
+                f"data.dataset={out / FINETUNE_DIR}",
+            ]
+        ),  # fmt: skip
         file=sys.stderr,
     )

@@ -77,7 +77,7 @@ def custom(names: list[str], parts: Layout, cfg: StrategySection) -> set[str]:
         if not matched:
             raise RecipeError(
                 f"strategy.trainable pattern '{pattern}' matches no parameter. Parameter names look like: "
-                f"{', '.join(names[:3])}, ..., {', '.join(names[-3:])} (list them with python -m hf_tl.params)."
+                f"{', '.join(names[:3])}, ..., {', '.join(names[-3:])} (list them with hf-tl params)."
             )
         chosen |= matched
     if not any(under(n, parts.heads) for n in chosen):

@@ -87,11 +87,11 @@ def collect(paths: list[Path]) -> Source:
     rows, studies = [], []
     for path in paths:
         if (path / STATE_FILE).is_file():
-            state = read_json(path / STATE_FILE, "run the same `python -m hf_tl.sweep` command again to rewrite it")
+            state = read_json(path / STATE_FILE, "run the same `hf-tl sweep` command again to rewrite it")
             if not isinstance(state.get("study"), dict) or not isinstance(state.get("cells"), dict):
                 raise HfTlError(
                     f"{path / STATE_FILE} lacks the study or its cells: it was edited or damaged. Run the same "
-                    "`python -m hf_tl.sweep` command again to rewrite it."
+                    "`hf-tl sweep` command again to rewrite it."
                 )
             studies.append(state["study"])
             rows += sweep_rows(path, state)

@@ -279,4 +279,4 @@ def _run_cells(args, overrides, root: Path, state: State, cells: list[Cell], rec
             f"{len(failed)} of {len(cells)} cell(s) failed: {', '.join(c.id for c in failed)}. Their logs are in "
             f"{root / 'cells'}/CELL/{LOG_FILE}; the same command retries them and keeps the finished ones."
         )
-    print(f"sweep: all {len(cells)} cell(s) finished. Report: python -m hf_tl.report {root}", flush=True)
+    print(f"sweep: all {len(cells)} cell(s) finished. Report: {shlex.join(['hf-tl', 'report', str(root)])}", flush=True)
