@@ -25,9 +25,19 @@ def modules() -> dict[str, Path]:
 
 
 def imported_names(path: Path) -> set[str]:
-    """Every dotted name a module imports, at module level or inside a function; `from a import b` gives `a.b`."""
+    """Every dotted name a module imports, at module level or inside a function; `from a import b` gives `a.b`.
+    Imports under `if TYPE_CHECKING:` are for annotations only and never run: they are left out."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+        for inner in ast.walk(node)
+    }
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -1,15 +1,11 @@
-"""Which parameters train: one small function per `strategy.kind`, over the blocks map.
-
-Each is the rule `hf_tl.strategies.registry` names in that strategy's record.
-"""
+"""Which parameters train: each strategy's rule (its record in `hf_tl.strategies.registry`) applied to a model,
+LoRA through peft, and the counts of what trains."""
 
 from __future__ import annotations
 
 import re
 import types
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from fnmatch import fnmatchcase
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -42,58 +38,6 @@ class Summary:
         return asdict(self)
 
 
-Choice = Callable[[list[str], Layout, StrategySection], set[str]]
-
-
-def full(names: list[str], parts: Layout, cfg: StrategySection) -> set[str]:
-    return set(names)
-
-
-def linear_probe(names: list[str], parts: Layout, cfg: StrategySection) -> set[str]:
-    return {n for n in names if under(n, parts.heads)}
-
-
-def last_block(names: list[str], parts: Layout, cfg: StrategySection) -> set[str]:
-    """Malpure et al. 2021 §3.3: the last unit, the final norm and the head(s)."""
-    return {n for n in names if under(n, parts.trailing(cfg.unit, 1) + parts.norm + parts.heads)}
-
-
-def last_k(names: list[str], parts: Layout, cfg: StrategySection) -> set[str]:
-    return {n for n in names if under(n, parts.trailing(cfg.unit, cfg.blocks) + parts.norm + parts.heads)}
-
-
-def bitfit(names: list[str], parts: Layout, cfg: StrategySection) -> set[str]:
-    return {n for n in names if n.rsplit(".", 1)[-1] == "bias" or under(n, parts.heads)}
-
-
-def custom(names: list[str], parts: Layout, cfg: StrategySection) -> set[str]:
-    if not cfg.trainable:
-        raise RecipeError(
-            "strategy.kind=custom needs strategy.trainable=[glob, ...], e.g. ['*.layers.11.*', 'classifier.*']."
-        )
-    chosen: set[str] = set()
-    for pattern in cfg.trainable:
-        matched = {n for n in names if fnmatchcase(n, pattern)}
-        if not matched:
-            raise RecipeError(
-                f"strategy.trainable pattern '{pattern}' matches no parameter. Parameter names look like: "
-                f"{', '.join(names[:3])}, ..., {', '.join(names[-3:])} (list them with hf-tl params)."
-            )
-        chosen |= matched
-    if not any(under(n, parts.heads) for n in chosen):
-        raise RecipeError(
-            f"strategy.trainable leaves the head frozen, but it is freshly initialised and would predict at random. "
-            f"Add a pattern for it: {', '.join(f'{h}.*' for h in parts.heads)}."
-        )
-    return chosen
-
-
-# Each strategy's rule, found by the name its registry record gives (a misspelt name fails on import).
-FREEZING: dict[str, Choice] = {
-    name: globals()[strategy.freezing] for name, strategy in STRATEGIES.items() if strategy.freezing is not None
-}
-
-
 def apply_strategy(model: nn.Module, cfg: StrategySection) -> tuple[nn.Module, Summary]:
     """The model to train (wrapped by peft for adapters) and what it trains."""
     parts = layout(model)
@@ -101,7 +45,7 @@ def apply_strategy(model: nn.Module, cfg: StrategySection) -> tuple[nn.Module, S
         model = _lora(model, parts, cfg)
     else:
         names = [n for n, _ in model.named_parameters()]
-        chosen = FREEZING[cfg.kind](names, parts, cfg)
+        chosen = STRATEGIES[cfg.kind].freezing(names, parts, cfg)  # the rule of the strategy's record
         for name, param in model.named_parameters():
             param.requires_grad_(name in chosen)
     keep_frozen_norms_in_eval(model)

@@ -16,7 +16,7 @@ from hf_tl.errors import HfTlError, RecipeError
 from hf_tl.models.families import FAMILIES, FamilySpec, layout, model_types
 from hf_tl.models.loading import replace_heads
 from hf_tl.models.mlp_head_code import BASE_CLASSES
-from hf_tl.strategies.freezing import FREEZING, apply_strategy
+from hf_tl.strategies.freezing import apply_strategy
 from hf_tl.strategies.registry import STRATEGIES
 from hf_tl.strategies.weight_standardized_lora import register
 
@@ -62,7 +62,6 @@ def test_unknown_family_suggests_full(tmp_path):
 
 
 def test_every_registered_strategy_has_a_freezing_rule_or_is_lora_and_a_card_text():
-    assert set(FREEZING) == {name for name, strategy in STRATEGIES.items() if strategy.freezing is not None}
     defaults = dataclasses.asdict(StrategySection())
     for name, strategy in STRATEGIES.items():
         assert strategy.name == name
@@ -185,3 +184,19 @@ def test_timm_resnetv2_conv_classifier_gets_a_head_that_reloads(tmp_path, head):
     assert in_memory.shape == (2, 5)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(pixel_values=pixels).logits, in_memory, atol=1e-5, rtol=1e-4)
+
+
+def test_a_new_strategy_is_one_registry_record(tiny_vit, monkeypatch):
+    """The record's rule is what apply_strategy runs; nothing else needs to know the strategy."""
+    from hf_tl.strategies.registry import Strategy
+
+    def head_and_norm(names, parts, cfg):
+        return {n for n in names if n.startswith(tuple(parts.norm + parts.heads))}
+
+    record = Strategy(
+        "head_and_norm", cacheable=False, card_text="the norm and the head train.", freezing=head_and_norm
+    )
+    monkeypatch.setitem(STRATEGIES, "head_and_norm", record)
+    model = AutoModelForImageClassification.from_pretrained(tiny_vit)
+    _, summary = apply_strategy(model, StrategySection(kind="head_and_norm"))
+    assert summary.trainable_modules == ["vit.layernorm", "classifier"]
