@@ -9,11 +9,22 @@ hf_tl's status and its one line. `accelerate launch -m hf_tl.train recipe=NAME` 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from hf_tl.cli.arguments import recipe_help, wants_help
 from hf_tl.cli.launch import LAUNCH_HELP, launch, split_launch_flags, wants_launcher
-from hf_tl.config.recipe import recipe_from_argv
+from hf_tl.config.recipe import Recipe, recipe_from_argv
 from hf_tl.errors import cli
+from hf_tl.runs.folder import check_writable
+
+
+def checked_recipe(argv: list[str]) -> Recipe:
+    """The recipe, and its output folder when it names one, checked before torch is imported: a mistyped key or
+    a folder that cannot be written is answered in a fraction of a second."""
+    recipe = recipe_from_argv(argv)
+    if recipe.output.dir:
+        check_writable(Path(recipe.output.dir), "output.dir", f"runs/{recipe.name}")
+    return recipe
 
 
 @cli
@@ -24,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         print(recipe_help(__doc__, LAUNCH_HELP))
         return
     flags, overrides = split_launch_flags(argv)
-    recipe = recipe_from_argv(overrides)  # a mistyped key is answered before torch is imported
+    recipe = checked_recipe(overrides)
     if wants_launcher(flags):
         sys.exit(launch(flags, overrides))
     from hf_tl.training.run import run
@@ -39,7 +50,7 @@ def run_here(argv: list[str] | None = None) -> None:
     if wants_help(argv):
         print(recipe_help(__doc__))
         return
-    recipe = recipe_from_argv(argv)
+    recipe = checked_recipe(argv)
     from hf_tl.training.run import run
 
     run(recipe)

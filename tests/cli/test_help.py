@@ -117,12 +117,13 @@ def test_an_unknown_command_is_one_line_with_did_you_mean(capsys):
 
 
 def test_help_and_a_mistyped_key_import_nothing_heavy():
-    """`hf-tl SUB --help` and a typo are answered before torch, transformers, datasets, ... are imported."""
+    """`hf-tl SUB --help`, a typo and an output folder that cannot be written are answered before torch,
+    transformers, datasets, ... are imported."""
     probe = (
         "import sys, json, contextlib, io\n"
         "from hf_tl.cli.main import main\n"
         "calls = [['--help'], *[[n, '--help'] for n in sys.argv[1:]], ['train', 'recipe=quickstart', 'training.lrr=1'],"
-        " ['eval', 'modle=x'], ['push', '--repo-id', 'a/b']]\n"
+        " ['eval', 'modle=x'], ['push', '--repo-id', 'a/b'], ['train', 'recipe=quickstart', 'output.dir=/proc/x']]\n"
         "codes = []\n"
         "for argv in calls:\n"
         "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
@@ -134,7 +135,7 @@ def test_help_and_a_mistyped_key_import_nothing_heavy():
     )
     result = run_cli(sys.executable, "-c", probe, *SUBCOMMANDS)
     codes, heavy = json.loads(result.stdout)
-    assert codes == [0] * (len(SUBCOMMANDS) + 1) + [2, 2, 2] and heavy == [], (codes, heavy, result.stderr[-2000:])
+    assert codes == [0] * (len(SUBCOMMANDS) + 1) + [2, 2, 2, 1] and heavy == [], (codes, heavy, result.stderr[-2000:])
 
 
 @pytest.mark.parametrize(

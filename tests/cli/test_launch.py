@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli
-
-import hf_tl
 
 pytestmark = pytest.mark.slow
 
@@ -70,22 +67,21 @@ def test_hf_tl_train_nproc_2_starts_two_gloo_ranks_without_accelerates_defaults_
 
 
 def test_hf_tl_train_follows_the_users_accelerate_config_and_keeps_hf_tls_exit_status(tmp_path):
-    """The config's two processes start; each fails on a recipe mistake only the run itself sees (an output folder
-    inside the installed package): exit 2, hf_tl's `error:` line, no launcher traceback."""
+    """The config's two processes start; each fails on a recipe mistake only the run itself sees (more blocks than
+    the model has): exit 2, hf_tl's `error:` line, no launcher traceback."""
     config = tmp_path / "hf-home" / "accelerate" / "default_config.yaml"
     config.parent.mkdir(parents=True)
     config.write_text(
         "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_processes: 2\nnum_machines: 1\n"
         "machine_rank: 0\nmixed_precision: 'no'\nuse_cpu: false\ndynamo_config: {}\n"
     )
-    inside = Path(hf_tl.__file__).parent / "assets" / "not-here"
     env = {"HF_HOME": str(tmp_path / "hf-home")}
-    result = run_cli(*HF_TL, "train", "recipe=quickstart", f"output.dir={inside}", cwd=tmp_path, **env)
+    too_many = ["strategy.kind=last_k", "strategy.blocks=99", f"output.dir={tmp_path / 'run'}"]
+    result = run_cli(*HF_TL, "train", "recipe=quickstart", *too_many, cwd=tmp_path, **env)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2, result.stderr[-3000:]
-    assert len(lines) == 2 and all(line.startswith("error: output.dir=") for line in lines), result.stderr[-3000:]
+    assert len(lines) == 2 and all(line.startswith("error: strategy.blocks=99") for line in lines), result.stderr
     assert "Traceback" not in result.stderr and "CalledProcessError" not in result.stderr
-    assert not inside.exists()
 
 
 def test_a_non_editable_install_finds_recipes_and_assets_from_any_directory(tmp_path):
