@@ -8,6 +8,7 @@ hf_tl's status and its one line. `accelerate launch -m hf_tl.train recipe=NAME` 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +23,8 @@ def checked_recipe(argv: list[str]) -> Recipe:
     """The recipe, and its output folder when it names one, checked before torch is imported: a mistyped key or
     a folder that cannot be written is answered in a fraction of a second."""
     recipe = recipe_from_argv(argv)
-    if recipe.output.dir:
+    one_process = os.environ.get("WORLD_SIZE", "1") == "1"  # ranks of a launch: the run's main process checks it
+    if recipe.output.dir and one_process:
         check_writable(Path(recipe.output.dir), "output.dir", f"runs/{recipe.name}")
     return recipe
 
