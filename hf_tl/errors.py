@@ -91,9 +91,15 @@ _warned: set[str] = set()
 def warn(message: str) -> None:
     """hf_tl's one way to warn: a `warning: ...` line on stderr, scrubbed, said once per process however often
     the code that finds it runs (a model and its processor load through the same checks)."""
-    if message not in _warned and os.environ.get("RANK", "0") == "0":  # once, not once per process of a launch
+    if message not in _warned and is_main_process():  # once, not once per process of a launch
         _warned.add(message)
         WARNINGS.warning(message)
+
+
+def is_main_process() -> bool:
+    """Rank 0, or no distributed launch: torchrun and accelerate set RANK in every process they start. Read from
+    the environment, so that warnings and bars (`hf_tl.progress`) ask it without importing accelerate."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def forget_warnings() -> None:

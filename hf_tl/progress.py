@@ -22,6 +22,8 @@ from tqdm.auto import tqdm
 from transformers.utils import is_in_notebook
 from transformers.utils import logging as transformers_logging
 
+from hf_tl.errors import is_main_process
+
 FORCE_ENV = "HF_TL_PROGRESS"  # 1: bars even in a log file; 0: never
 HUB_ENV = "HF_HUB_DISABLE_PROGRESS_BARS"
 
@@ -49,11 +51,6 @@ def bar(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
     kwargs.setdefault("dynamic_ncols", True)
     shown = bars_on(kwargs["file"]) and is_main_process()  # N ranks' bars would overwrite one another
     return tqdm(iterable, disable=not shown, **kwargs)
-
-
-def is_main_process() -> bool:
-    """Rank 0, or no distributed launch: torchrun and accelerate set RANK in every process they start."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 def write(line: str) -> None:
