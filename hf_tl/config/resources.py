@@ -33,6 +33,11 @@ def study_dir() -> Path:
     return recipe_dir() / "studies"
 
 
+def zoo_dir() -> Path:
+    """`recipes/zoos/` of the checkout: the named lists of checkpoints `hf-tl select zoo=NAME` ranks."""
+    return recipe_dir() / "zoos"
+
+
 def model_card_template(name: str = "hf_tl") -> Path:
     """`model_cards/NAME.md` of the checkout, installed as the package data `hf_tl._model_cards`."""
     return _shipped("hf_tl._model_cards", "model_cards") / f"{name}.md"
