@@ -6,7 +6,7 @@ Three ratios, each from one process on one machine, so that they compare like wi
   fused AdamW, gradient clipping) / the same step in a bare PyTorch loop over a ready batch
   (same model, same frozen parameters, same optimizer and clipping). Target <= 1.10.
 - cache_time_ratio: wall time of a whole 10-epoch last_block run (loading, training, evaluation,
-  saving) with the frozen-prefix cache / without it, on a 12-block tiny ViT, data.hflip=false.
+  saving) with the frozen-prefix cache / without it, on a 12-block tiny ViT, data.augment=none.
   Target <= 0.35. cache_time_ratio_with_hflip is the same with flips, where the cache computes two
   views of every image: 22 frozen-block passes per image against the 140 of ten uncached epochs.
 - preprocess_speedup: images/s of hf_tl's 32 -> 224 preprocessing (uint8 loader, batched resize,
@@ -149,10 +149,10 @@ def bare_step_seconds(model_dir: Path, steps: int, batch: int, image_size: int) 
 # --- cache ------------------------------------------------------------------------------------------------
 
 
-def run_seconds(model: Path, data: Path, out: Path, cache: str, batch: int, hflip: bool) -> tuple[float, dict]:
+def run_seconds(model: Path, data: Path, out: Path, cache: str, batch: int, flip: bool) -> tuple[float, dict]:
     recipe = recipe_for(
         model, data, out, "strategy.kind=last_block", "training.epochs=10", f"training.batch_size={batch}",
-        "training.lr=1e-3", f"training.cache_features={cache}", f"data.hflip={str(hflip).lower()}",
+        "training.lr=1e-3", f"training.cache_features={cache}", f"data.augment={'flip' if flip else 'none'}",
     )  # fmt: skip
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

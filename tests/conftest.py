@@ -232,7 +232,7 @@ def tiny_deit(tmp_path_factory) -> Path:
 def make_transform(processor, cfg: DataSection, train: bool, image_column: str, label_column: str):
     """Per-image float pixel values, to check hf_tl's batched `Preprocess` against one image at a time."""
     preprocess = preprocess_for(processor, cfg)
-    flip = train and cfg.hflip
+    flip = train and cfg.augment == "flip"
 
     def transform(batch: dict) -> dict:
         pixels = [preprocess(to_uint8(img)[None], draw_flips(1) if flip else None)[0] for img in batch[image_column]]

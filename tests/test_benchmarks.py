@@ -68,3 +68,25 @@ def test_cli_startup_benchmark_times_help_and_a_typo_against_importing_torch():
     result = json.loads(benchmark("cli_startup.py", "--repeat=1", "--json").stdout)
     assert set(result["median_seconds"]) == {"help", "typo", "import_torch"}  # and each exited as it must
     assert result["help_vs_import_torch"] > 0 and result["typo_vs_import_torch"] > 0
+
+
+@pytest.mark.slow
+def test_metrics_benchmark_times_the_three_paths_at_a_tiny_size():
+    result = benchmark("metrics.py", "--examples=200", "--classes=20", "--repeat=1", "--json")
+    report = json.loads(result.stdout)
+    assert list(report["methods"]) == ["compute_metrics", "evaluate", "former_argsort"]
+    for name, method in report["methods"].items():
+        assert method["seconds"] > 0 and method["tracemalloc_peak_mib"] > 0, name
+        assert method["scalars"]["num_examples"] == 200 and "top5_accuracy" in method["scalars"], name
+    assert report["evaluate_vs_compute_metrics"] > 0 and report["former_argsort_vs_compute_metrics"] > 0
+
+
+@pytest.mark.slow
+def test_augment_benchmark_trains_each_variant_and_says_whether_the_cache_ran(tmp_path):
+    result = benchmark(
+        "augment.py", "--variants", "flip", "crop_flip", "--seeds", "0", "--epochs=1", f"--workdir={tmp_path}", "--json"
+    )
+    flip, crop = json.loads(result.stdout)
+    assert (flip["variant"], flip["feature_cache"]) == ("flip", True)  # flips are cached (both views)
+    assert (crop["variant"], crop["feature_cache"]) == ("crop_flip", False)  # random crops cannot be
+    assert 0 <= flip["mean_accuracy"] <= 1 and 0 <= crop["mean_accuracy"] <= 1

@@ -8,7 +8,7 @@ import torch
 from hf_tl import device
 from hf_tl.config.recipe import load_recipe
 from hf_tl.errors import RecipeError
-from hf_tl.training.trainer import training_arguments
+from hf_tl.training.arguments import training_arguments
 
 
 def test_without_an_accelerator_batches_are_decoded_in_process_and_not_pinned(machine_without_accelerator, tmp_path):

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf, errors
 
 from hf_tl.config.resources import asset_path, recipe_dir
-from hf_tl.errors import RecipeError
+from hf_tl.errors import RecipeError, warn
 from hf_tl.strategies import registry
 
 SCHEDULERS = (
@@ -37,6 +37,13 @@ NO_WARMUP = ("constant", "reduce_lr_on_plateau")  # schedulers that ignore warmu
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "adafactor")
 SWITCHES = ("auto", "true", "false")
 INTERPOLATION_CHOICES = ("bilinear", "bicubic", "nearest")  # the resize filters hf_tl runs batched
+AUGMENTS = ("none", "flip", "crop_flip", "trivialaugment")  # data.augment, run on the device (hf_tl.data.augment)
+RANDOM_AUGMENTS = ("crop_flip", "trivialaugment")  # new pixels at every step: no feature cache
+# Keys that were renamed or replaced: the unknown-key error says what to write instead.
+RENAMED_KEYS = {
+    "data.hflip": "data.hflip is replaced by data.augment: data.augment=flip (hflip true) or data.augment=none "
+    "(hflip false)",
+}
 STRATEGIES = tuple(registry.STRATEGIES)  # strategy.kind choices, in the registry's order
 
 
@@ -86,6 +93,9 @@ class StrategySection:
 class DataSection:
     dataset: str = option(MISSING, "Hub id, image-folder directory, or a directory written by save_to_disk.")
     config_name: Optional[str] = option(None, "Dataset configuration name on the Hub.")
+    revision: Optional[str] = option(
+        None, "Hub revision (branch, tag or commit) of a Hub dataset: pins it, as model.revision pins the model."
+    )
     train_split: str = option("train", "Split to train on.")
     eval_split: Optional[str] = option(
         None, "Split to validate on; default 'validation', else a seeded split of train."
@@ -95,8 +105,25 @@ class DataSection:
     label_column: Optional[str] = option(None, "Label column; detected from the features when unset.")
     max_train_samples: Optional[int] = option(None, "Keep this many training examples (seeded).", min=1)
     max_eval_samples: Optional[int] = option(None, "Keep this many validation examples.", min=1)
-    interpolation: str = option("bilinear", "Resize to the model's input size with this filter.", INTERPOLATION_CHOICES)
-    hflip: bool = option(True, "Random horizontal flip while training.")
+    resize: str = option(
+        "auto",
+        "How an image reaches the model's input size. 'direct': straight to it (CIFAR's 32->224); 'crop': the "
+        "checkpoint's own evaluation pipeline (shorter side scaled as its image processor or timm's crop_pct says, "
+        "then a centre crop); 'auto': direct when the training images are smaller than the input, else crop.",
+        ("auto", "direct", "crop"),
+    )
+    interpolation: Optional[str] = option(
+        None,
+        "Resize filter; default bilinear under data.resize=direct, the image processor's own under crop.",
+        INTERPOLATION_CHOICES,
+    )
+    augment: str = option(
+        "flip",
+        "Train-time augmentation, on the training device: 'none'; 'flip', a random horizontal flip; 'crop_flip', "
+        "RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3, as timm and the transformers example) then a flip; "
+        "'trivialaugment', crop_flip then TrivialAugmentWide. The random crops rule out the feature cache.",
+        AUGMENTS,
+    )
     image_mean: Optional[list[float]] = option(
         None, "Normalisation mean per channel, e.g. [0.5, 0.5, 0.5]; default the model's (its image processor's)."
     )
@@ -121,11 +148,19 @@ class TrainingSection:
     grad_accum: int = option(1, "Gradient accumulation steps.", min=1)
     lr: float = option(5e-5, "Peak learning rate.", min=0.0)
     weight_decay: float = option(0.0, "Weight decay.", min=0.0)
+    layer_decay: Optional[float] = option(
+        None,
+        "Layer-wise learning-rate decay (BEiT, MAE, timm): each layer trains at lr x layer_decay^(layers below the "
+        "head), above 0 and at most 1, e.g. 0.75. Unset: one learning rate for every layer.",
+    )
+    head_lr: Optional[float] = option(None, "Learning rate of the classifier head(s); default training.lr.", min=0.0)
     warmup_ratio: float = option(0.0, "Share of steps spent warming up (below 1).", min=0.0)
     scheduler: str = option("linear", "Learning-rate schedule (transformers' names).", SCHEDULERS)
     scheduler_kwargs: dict[str, Any] = option({}, "Extra scheduler arguments, e.g. {factor: 0.6, min_lr: 1e-7}.")
     optimizer: str = option(
-        "adamw_torch_fused", "Optimizer (transformers' names); fused AdamW is the fastest.", OPTIMIZERS
+        "adamw_torch_fused",
+        f"Optimizer (transformers' names): {', '.join(OPTIMIZERS)}, or any other of transformers' OptimizerNames "
+        "(e.g. rmsprop, schedule_free_adamw, lion_8bit; some need their own package); fused AdamW is the fastest.",
     )
     precision: str = option("fp32", "Mixed precision.", ("fp32", "bf16", "fp16"))
     seed: int = option(42, "Seed for initialisation, data split and order.")
@@ -133,6 +168,23 @@ class TrainingSection:
         None, "Stop after this many evaluations without improvement.", min=1
     )
     logging_steps: int = option(10, "Log the loss every this many steps.", min=1)
+    report_to: list[str] = option(
+        [],
+        "Trackers the Trainer also logs to (transformers' names: tensorboard, wandb, mlflow, trackio, ...), e.g. "
+        "[tensorboard], which writes into the run folder's logs/. Default: none; the run's own per-epoch table is "
+        "always written.",
+    )
+    args: dict[str, Any] = option(
+        {},
+        "Any other TrainingArguments field, e.g. training.args.max_grad_norm=0.5 or {eval_strategy: steps, "
+        "eval_steps: 50} (saves then follow the evaluations unless save_strategy is given). Fields hf_tl sets "
+        "from its own keys are refused, naming the key to use.",
+    )
+    label_smoothing: float = option(
+        0.0, "Label smoothing of the training loss (below 1); evaluation's loss stays plain cross-entropy.", min=0.0
+    )
+    mixup: float = option(0.0, "Mixup alpha (timm's Mixup on each training batch); 0 is off.", min=0.0)
+    cutmix: float = option(0.0, "CutMix alpha (timm's Mixup on each training batch); 0 is off.", min=0.0)
     cache_features: str = option(
         "auto",
         "Compute the frozen prefix (all before the first trainable block) once and train the rest on its output. "
@@ -161,8 +213,9 @@ class TrainingSection:
     compile: bool = option(False, "torch.compile the model (slow to start, faster steps on a GPU).")
     resume: str = option(
         "auto",
-        "'auto' continues from the last complete checkpoint in output.dir; 'never' discards them and starts over.",
-        ("auto", "never"),
+        "'auto' continues from the last complete checkpoint in output.dir; 'never' discards them and starts over; "
+        "a PATH to a checkpoint folder (one holding trainer_state.json, e.g. another run's "
+        "checkpoints/checkpoint-48) continues from that one.",
     )
 
 
@@ -252,6 +305,8 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
     """Load a recipe, apply overrides, and return it typed and checked."""
     path = find_recipe(name_or_path)
     raw = _read_yaml(path)
+    for change in upgrade_written(raw):
+        warn(f"{path}: {change}")
     schema = OmegaConf.structured(Recipe)
     try:
         merged = OmegaConf.merge(schema, raw, {"name": path.stem}, _dotlist(overrides))
@@ -356,12 +411,19 @@ def _check_values(recipe: Recipe) -> None:
         setattr(recipe.training, key, str(getattr(recipe.training, key)).lower())
     for section_name in SECTIONS:
         check_options(getattr(recipe, section_name), f"{section_name}.")
+    decay = recipe.training.layer_decay
+    if decay is not None and not 0 < decay <= 1:
+        raise RecipeError(
+            f"recipe key 'training.layer_decay' got {decay}; it must be above 0 and at most 1 (0.65 to 0.75 is usual), "
+            "or null for none."
+        )
     if not 0 < recipe.data.val_fraction < 1:
         raise RecipeError(
             f"recipe key 'data.val_fraction' got {recipe.data.val_fraction}; it must lie strictly between 0 and 1."
         )
     for key, value in (
         ("training.warmup_ratio", recipe.training.warmup_ratio),
+        ("training.label_smoothing", recipe.training.label_smoothing),
         ("strategy.dropout", recipe.strategy.dropout),
     ):
         if value >= 1:
@@ -375,6 +437,8 @@ def _check_values(recipe: Recipe) -> None:
         raise RecipeError("hub.push=true needs hub.repo_id=user/name.")
     _check_something_trains(recipe.training)
     check_scheduler_kwargs(recipe.training)
+    _check_resume(recipe.training)
+    _check_cacheable(recipe)
 
 
 def _check_something_trains(t: TrainingSection) -> None:
@@ -391,6 +455,26 @@ def _check_something_trains(t: TrainingSection) -> None:
         )
     if t.max_steps > 0:
         check_steps_train(t, t.max_steps, f"training.max_steps={t.max_steps}")
+
+
+def random_inputs(recipe: Recipe) -> list[str]:
+    """The settings that give the model new inputs at every step (`key=value`): a feature cache holds fixed ones."""
+    keys = [f"data.augment={recipe.data.augment}"] if recipe.data.augment in RANDOM_AUGMENTS else []
+    return keys + [
+        f"training.{k}={getattr(recipe.training, k):g}" for k in ("mixup", "cutmix") if getattr(recipe.training, k)
+    ]
+
+
+def _check_cacheable(recipe: Recipe) -> None:
+    """training.cache_features=true with a random augmentation or mixing is refused before any work."""
+    random = random_inputs(recipe)
+    if recipe.training.cache_features == "true" and random:
+        raise RecipeError(
+            f"recipe key 'training.cache_features' got true, but {' and '.join(random)} "
+            f"{'change' if len(random) > 1 else 'changes'} the images at every step, and cached features are "
+            "computed once. Use training.cache_features=auto (or false), or an "
+            "augmentation the cache can hold: data.augment=flip or none, without mixup and cutmix."
+        )
 
 
 def warmup_steps(t: TrainingSection, total_steps: int) -> int:
@@ -448,13 +532,59 @@ def check_scheduler_kwargs(t: TrainingSection) -> None:
         ) from None
 
 
+RESUME_CHOICES = ("auto", "never")  # or a checkpoint folder's path
+
+
+def _check_resume(t: TrainingSection) -> None:
+    """training.resume=PATH names a checkpoint folder: one the Trainer can read a state from (damage: at the run)."""
+    if t.resume in RESUME_CHOICES:
+        return
+    folder = Path(t.resume)
+    takes = "It takes 'auto', 'never' or the path of a checkpoint folder (a run's checkpoints/checkpoint-N)."
+    if not folder.is_dir():
+        close = did_you_mean(t.resume, RESUME_CHOICES)
+        raise RecipeError(f"recipe key 'training.resume' got '{t.resume}', which is no folder.{close} {takes}")
+    if not (folder / "trainer_state.json").is_file():
+        inside = sorted(str(p) for p in folder.glob("checkpoints/checkpoint-*"))  # a run folder, given whole
+        hint = f" Its checkpoints: {', '.join(inside)}." if inside else ""
+        raise RecipeError(
+            f"recipe key 'training.resume' got '{t.resume}', which is not a checkpoint (no trainer_state.json).{hint} "
+            f"{takes}"
+        )
+
+
+def sets_trainer_keys(t: TrainingSection) -> bool:
+    """Whether the recipe sets what only transformers can check (`hf_tl.training.arguments.check_trainer_keys`):
+    training.report_to, training.args, an optimizer beyond the documented five. Checked there, not here: it imports
+    transformers, and the training package is above this one."""
+    return bool(t.report_to or t.args or t.optimizer not in OPTIMIZERS)
+
+
 def did_you_mean(value: str, choices: Any) -> str:
     """' Did you mean X?' for the closest of `choices`, or ''."""
     close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
+def upgrade_written(raw: DictConfig) -> list[str]:
+    """A recipe file written for an earlier hf_tl, read as it ran: `data.hflip` becomes `data.augment`, and such a
+    file (a run folder's recipe.yaml, resolved in full) resized straight to the input (`data.resize=direct`), the
+    only way there was. Returns what was changed, one line each; a command-line `data.hflip` is still an error."""
+    data = raw.get("data") if isinstance(raw, DictConfig) else None
+    if not isinstance(data, DictConfig) or "hflip" not in data or "augment" in data:
+        return []
+    augment = "flip" if data.pop("hflip") else "none"
+    data["augment"] = augment
+    changes = [f"data.hflip (an earlier hf_tl's key) read as data.augment={augment}"]
+    if "resize" not in data:
+        data["resize"] = "direct"
+        changes.append("no data.resize (an earlier hf_tl's recipe): read as data.resize=direct, how it resized")
+    return changes
+
+
 def _unknown_key_message(full_key: str) -> str:
+    if str(full_key) in RENAMED_KEYS:
+        return RENAMED_KEYS[str(full_key)] + "."
     path = str(full_key).split(".")
     if path[0] in SECTIONS:
         valid = [f"{path[0]}.{f.name}" for f in dataclasses.fields(SECTIONS[path[0]])]

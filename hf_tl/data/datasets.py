@@ -2,23 +2,42 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
+import random
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import PIL.Image
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset, load_from_disk
+from datasets import (
+    ClassLabel,
+    Dataset,
+    DatasetDict,
+    Features,
+    Image,
+    ReadInstruction,
+    Value,
+    concatenate_datasets,
+    load_dataset,
+    load_from_disk,
+)
 
 from hf_tl.config.recipe import DataSection
 from hf_tl.data.image_check import drop_or_refuse_bad_images
 from hf_tl.data.preprocess import Preprocess, to_uint8
-from hf_tl.errors import DataError
+from hf_tl.data.processors import checked_preprocess
+from hf_tl.errors import DataError, RecipeError
 
 LABEL_NAMES = ("label", "labels", "class")  # a label column found by its name when none is a ClassLabel
 HELD_OUT = "held out"
 VALIDATION = "validation"  # the split name eval takes for a run's held-out validation split
+SIZE_SAMPLE = 64  # training images whose sizes decide data.resize=auto
+SLICE_FORMS = "train[:10%], validation[:500], train[10:20], train[80%:], train[:50%]+test"
 
 
 @dataclass
@@ -50,11 +69,7 @@ def load_splits(cfg: DataSection, seed: int) -> Splits:
         return kept
 
     train = _as_class_label(train if capped else readable(train, cfg.train_split), label_column)
-    if cfg.eval_split == cfg.train_split:
-        raise DataError(
-            f"data.eval_split and data.train_split are both '{cfg.train_split}': "
-            "validation would see the training images."
-        )
+    _check_apart(dataset, cfg)
     if cfg.eval_split:
         eval_set, eval_name = _split(dataset, cfg.eval_split, "data.eval_split", cfg.dataset), cfg.eval_split
         eval_source = eval_name
@@ -98,6 +113,11 @@ def open_dataset(cfg: DataSection) -> DatasetDict:
     """A Hub id, a directory written by save_to_disk, or any folder load_dataset understands."""
     path = Path(cfg.dataset).expanduser()
     if path.exists():
+        if cfg.revision:
+            raise RecipeError(
+                f"data.revision='{cfg.revision}' pins a revision of a Hub dataset, but data.dataset='{cfg.dataset}' "
+                "is a local folder, which has no revisions: drop data.revision, or name the dataset by its Hub id."
+            )
         try:
             dataset = _open_local(path, cfg.config_name)
         except (ValueError, IndexError, KeyError, OSError) as e:
@@ -108,7 +128,7 @@ def open_dataset(cfg: DataSection) -> DatasetDict:
     if cfg.dataset.startswith(("/", "./", "../", "~")) or cfg.dataset.count("/") > 1:
         raise DataError(f"dataset path '{cfg.dataset}' does not exist. Give an existing directory or a Hub id.")
     try:
-        return load_dataset(cfg.dataset, cfg.config_name)
+        return load_dataset(cfg.dataset, cfg.config_name, revision=cfg.revision)
     except (ConnectionError, FileNotFoundError, OSError) as e:
         raise DataError(
             f"could not load dataset '{cfg.dataset}': {e}\n  If the Hub is unreachable, point data.dataset "
@@ -224,11 +244,103 @@ def normalisation(processor: Any, cfg: DataSection | None = None) -> tuple[list[
     return mean, std
 
 
-def preprocess_for(processor: Any, cfg: DataSection, channels_last: bool = False) -> Preprocess:
-    """The batched preprocessing a model expects: its input size and normalisation, the recipe's filter."""
+@dataclass(frozen=True)
+class Resizing:
+    """How a run's images reach the model's input size (data.resize), and why: metrics.json's `preprocessing`."""
+
+    preprocess: Preprocess
+    resize: str  # 'crop' or 'direct', what the run does
+    chosen_by: str  # 'auto' or 'recipe'
+    reason: str
+
+    def record(self) -> dict[str, Any]:
+        """`resize_to`: an int scales the shorter side to it, a [h, w] resizes to that, before any centre crop."""
+        p = self.preprocess
+        resize_to = list(p.size) if p.resize is None else p.resize
+        return {
+            "resize": self.resize,
+            "chosen_by": self.chosen_by,
+            "reason": self.reason,
+            "size": list(p.size),
+            "resize_to": list(resize_to) if isinstance(resize_to, tuple) else resize_to,
+            "interpolation": p.interpolation,
+            "mean": list(p.mean) if p.normalize else None,
+            "std": list(p.std) if p.normalize else None,
+        }
+
+
+def preprocess_for(
+    processor: Any, cfg: DataSection, channels_last: bool = False, splits: Splits | None = None
+) -> Preprocess:
+    """The batched preprocessing a model expects: its input size and normalisation, resized as data.resize says
+    (data.resize=auto without `splits`, no training images to measure, resizes directly)."""
+    return resizing_for(processor, cfg, splits, channels_last).preprocess
+
+
+def resizing_for(processor: Any, cfg: DataSection, splits: Splits | None, channels_last: bool = False) -> Resizing:
+    """data.resize decided: direct to the input size, or the checkpoint's own evaluation pipeline (crop), which
+    auto takes when the training images are at least the input's size. A crop hf_tl cannot batch on the device
+    is refused when asked for, and replaced by direct under auto."""
+    chosen_by = "auto" if cfg.resize == "auto" else "recipe"
+    wanted, reason = _auto_resize(splits, input_size(processor)) if chosen_by == "auto" else (cfg.resize, "")
+    reason = reason or f"data.resize={cfg.resize} in the recipe"
+    if wanted == "direct":
+        return Resizing(_direct(processor, cfg, channels_last), "direct", chosen_by, reason)
+    crop, why_not = checked_preprocess(processor)
+    if crop is None:
+        cannot = f"the image processor ({type(processor).__name__}) does what hf_tl cannot batch ({why_not})"
+        if chosen_by == "recipe":
+            raise DataError(
+                f"data.resize=crop: {cannot}, and training needs its preprocessing batched on the device. "
+                "Set data.resize=direct to resize straight to the input size."
+            )
+        return Resizing(_direct(processor, cfg, channels_last), "direct", chosen_by, f"{reason}, but {cannot}")
+    mean, std = normalisation(processor, cfg)
+    crop = dataclasses.replace(
+        crop,
+        interpolation=cfg.interpolation or crop.interpolation,
+        mean=tuple(mean),
+        std=tuple(std),
+        normalize=bool(crop.normalize or cfg.image_mean or cfg.image_std),
+        channels_last=channels_last,
+    )
+    return Resizing(crop, "crop", chosen_by, reason)
+
+
+def _direct(processor: Any, cfg: DataSection, channels_last: bool) -> Preprocess:
+    """Straight to the input size (CIFAR's 32->224), bilinear unless the recipe names a filter."""
     mean, std = normalisation(processor, cfg)
     normalize = bool(getattr(processor, "do_normalize", True) or cfg.image_mean or cfg.image_std)
-    return Preprocess(input_size(processor), cfg.interpolation, tuple(mean), tuple(std), normalize, channels_last)
+    interpolation = cfg.interpolation or "bilinear"
+    return Preprocess(input_size(processor), interpolation, tuple(mean), tuple(std), normalize, channels_last)
+
+
+def _auto_resize(splits: Splits | None, size: tuple[int, int]) -> tuple[str, str]:
+    """crop when the median shorter side of a sample of training images is at least the input's shorter side."""
+    if splits is None:
+        return "direct", "no training images to measure"
+    sides = sorted(min(h, w) for h, w in image_sizes(splits.train, splits.image_column))
+    if not sides:
+        return "direct", "no training image could be measured"
+    median = statistics.median(sides)
+    measured = f"median shorter side {median:g} px of {len(sides)} sampled training images"
+    if median >= min(size):
+        return "crop", f"{measured} >= input {min(size)}"
+    return "direct", f"{measured} < input {min(size)}"
+
+
+def image_sizes(dataset: Dataset, column: str, count: int = SIZE_SAMPLE) -> list[tuple[int, int]]:
+    """(height, width) of up to `count` images drawn with a fixed seed (the same whatever training.seed, so a seed
+    sweep preprocesses alike), read from the image headers: PIL opens lazily, datasets does not decode here."""
+    rows = random.Random(0).sample(range(len(dataset)), min(count, len(dataset)))
+    sizes = []
+    for item in dataset.select(rows).cast_column(column, Image(decode=False))[column]:
+        try:
+            with PIL.Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]) as image:
+                sizes.append((image.height, image.width))
+        except (OSError, ValueError, TypeError):  # unreadable, or no file: measured by the others
+            continue
+    return sizes
 
 
 def image_transform(image_column: str, label_column: str | None = None):
@@ -252,15 +364,62 @@ def collate_images(examples: list[dict]) -> dict[str, Any]:
 
 
 def _split(dataset: DatasetDict, name: str, key: str, source: str) -> Dataset:
-    if name not in dataset:
+    """A split by name, or the rows a slice of datasets' own syntax names (train[:10%], validation[:500])."""
+    parts = [(dataset[split], rows) for split, rows in _rows_of(dataset, name, key)]
+    for examples, _ in parts:
+        if len(examples) == 0:
+            sizes = ", ".join(f"{s} ({len(e)} examples)" for s, e in dataset.items())
+            raise DataError(
+                f"{key}='{name}' is an empty split of '{source}': it holds no examples. Fill it, or choose another "
+                f"split. Splits: {sizes}"
+            )
+    if name in dataset:
+        return dataset[name]
+    try:
+        selected = concatenate_datasets([examples.select(rows) for examples, rows in parts])
+    except ValueError as e:  # splits of different features cannot be joined with +
+        raise DataError(f"{key}='{name}' joins splits that cannot be concatenated: {e}") from None
+    if len(selected) == 0:
+        sizes = ", ".join(f"{s} ({len(e)} examples)" for s, e in dataset.items())
+        raise DataError(f"{key}='{name}' selects no examples of '{source}'. Splits: {sizes}")
+    return selected
+
+
+def _rows_of(dataset: DatasetDict, name: str, key: str) -> list[tuple[str, range]]:
+    """The splits and row ranges `name` stands for, read by datasets' own parser of split specs."""
+    if name in dataset:
+        return [(name, range(len(dataset[name])))]
+    if "[" not in name and "+" not in name:
         raise DataError(f"{key}='{name}' is not a split of this dataset. Splits: {', '.join(dataset)}")
-    if len(dataset[name]) == 0:
-        sizes = ", ".join(f"{split} ({len(examples)} examples)" for split, examples in dataset.items())
+    try:
+        instructions = ReadInstruction.from_spec(name).to_absolute({s: len(e) for s, e in dataset.items()})
+    except (ValueError, AssertionError) as e:
         raise DataError(
-            f"{key}='{name}' is an empty split of '{source}': it holds no examples. Fill it, or choose another "
-            f"split. Splits: {sizes}"
+            f"{key}='{name}' is not a split of this dataset, nor a slice of one ({e}). Splits: {', '.join(dataset)}. "
+            f"A slice is written as datasets writes it: {SLICE_FORMS}."
+        ) from None
+    return [(i.splitname, range(i.from_, max(i.from_, i.to))) for i in instructions]
+
+
+def _check_apart(dataset: DatasetDict, cfg: DataSection) -> None:
+    """Validation must not see training images: the same split, or slices of one split that overlap, are refused."""
+    if cfg.eval_split == cfg.train_split:
+        raise DataError(
+            f"data.eval_split and data.train_split are both '{cfg.train_split}': "
+            "validation would see the training images."
         )
-    return dataset[name]
+    if not cfg.eval_split:
+        return
+    train = _rows_of(dataset, cfg.train_split, "data.train_split")
+    evaluation = _rows_of(dataset, cfg.eval_split, "data.eval_split")
+    for split, rows in train:
+        shared = [r for s, r in evaluation if s == split and range(max(rows.start, r.start), min(rows.stop, r.stop))]
+        if shared:
+            raise DataError(
+                f"data.eval_split='{cfg.eval_split}' and data.train_split='{cfg.train_split}' share rows of the "
+                f"split '{split}': validation would see training images. Give them disjoint slices, e.g. "
+                f"{split}[:80%] and {split}[80%:]."
+            )
 
 
 def _as_class_label(dataset: Dataset, column: str) -> Dataset:

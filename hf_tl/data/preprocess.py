@@ -58,14 +58,19 @@ class Preprocess:
             return torch.cat(single)
         early = self.interpolation in FLIP_COMMUTES_WITH_RESIZE and self.resize is None  # a crop may not commute
         if flips is not None and early:
-            images = _flip(images, flips)
+            images = mirror(images, flips)
         target = self.resized_size(tuple(images.shape[-2:]))
         if tuple(images.shape[-2:]) != target:
             images = self._resize(images, target)
         if target != self.size:
             images = self._centre_crop(images)
         if flips is not None and not early:
-            images = _flip(images, flips)
+            images = mirror(images, flips)
+        return self.normalise(images)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (B, 3, H, W) already at `size` to float pixel values: the one definition of normalisation,
+        which the train-time augmentation (`hf_tl.data.augment`) shares."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         pixels = images.float()
@@ -148,6 +153,7 @@ def to_uint8(image: Any) -> torch.Tensor:
     return TF.pil_to_tensor(image.convert("RGB"))
 
 
-def _flip(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+def mirror(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Each image of a (B, 3, h, w) batch mirrored where `flips` (one bool per image) says so."""
     mask = flips.to(images.device).view(-1, 1, 1, 1)
     return torch.where(mask, images.flip(-1), images)

@@ -4,8 +4,9 @@ Reading: `preprocess_of` turns any checkpoint's processor (transformers' own, or
 through transformers' timm wrapper) into the batched `Preprocess` that does what the processor does:
 size, resize-then-centre-crop, filter, mean and std. `hf-tl eval` and `hf-tl analyze` use it.
 
-Writing: a run evaluates with its own preprocessing (straight to the input size, the recipe's filter,
-perhaps its own mean and std), which is seldom what the base checkpoint's processor does. `processor_for`
+Writing: a run evaluates with its own preprocessing (straight to the input size, or the checkpoint's
+resize-then-crop: data.resize; perhaps the recipe's filter, mean and std), which is seldom exactly what the
+base checkpoint's processor does. `processor_for`
 makes the processor that describes the run's, and that is what `model/` carries, so `pipeline()`,
 `hf-tl eval` and the run's `metrics.json` see the same pixels.
 """
@@ -51,8 +52,7 @@ def preprocess_of(processor: Any, interpolation: str | None = None) -> Preproces
     timm centre crop of a non-square input) is then run as it is, image by image: slower, never different.
     """
     try:
-        batched = _timm_preprocess(processor.data_config, interpolation) if is_timm(processor) else None
-        batched = batched or _transformers_preprocess(processor, interpolation)
+        batched = _batched(processor, interpolation)
     except DataError as e:
         if interpolation is not None or not _fixed_output_size(processor):
             raise
@@ -69,6 +69,22 @@ def preprocess_of(processor: Any, interpolation: str | None = None) -> Preproces
         flush=True,
     )
     return OwnProcessor(processor)
+
+
+def checked_preprocess(processor: Any) -> tuple[Preprocess | None, str | None]:
+    """The processor's own evaluation pipeline as a batched `Preprocess`, checked on the probe images; else None and
+    why not. Training (data.resize=crop) needs the batched form: the processor itself cannot flip or run on a device."""
+    try:
+        batched = _batched(processor, None)
+    except DataError as e:
+        return None, str(e)
+    why = _disagreement(batched, processor)
+    return (batched, None) if why is None else (None, why)
+
+
+def _batched(processor: Any, interpolation: str | None) -> Preprocess:
+    batched = _timm_preprocess(processor.data_config, interpolation) if is_timm(processor) else None
+    return batched or _transformers_preprocess(processor, interpolation)
 
 
 @dataclass(frozen=True)
@@ -228,17 +244,40 @@ def _preprocess(final, resize, interpolation, mean, std, normalize, crop_offset)
 
 
 def _timm_settings(preprocess: Preprocess) -> dict:
-    """pretrained_cfg keys for timm's eval transform that reproduce `preprocess`: a squash at crop_pct 1."""
-    if preprocess.resize is not None:
-        raise NotImplementedError("a timm processor that crops is written only for straight resizing")
-    return {
+    """pretrained_cfg keys for timm's eval transform (transforms_imagenet_eval) that reproduce `preprocess`.
+
+    Straight resizing is a squash at crop_pct 1. timm resizes to floor(input / crop_pct) per edge, then centre-crops
+    (rounding an odd margin): a shorter-side resize is crop_mode center (square inputs: timm keeps the ratio another
+    way for others), a resize to (h, w) a squash, each with the crop_pct that gives back the resize.
+    """
+    settings = {
         "input_size": [3, *preprocess.size],
         "interpolation": preprocess.interpolation,
         "mean": list(preprocess.mean),
         "std": list(preprocess.std),
-        "crop_pct": 1.0,
-        "crop_mode": "squash",
     }
+    resize = preprocess.resize
+    if resize is None:
+        return {**settings, "crop_pct": 1.0, "crop_mode": "squash"}
+    if preprocess.crop_offset != "round":
+        raise NotImplementedError("timm's centre crop rounds an odd margin; this preprocessing floors it")
+    if isinstance(resize, int):
+        if preprocess.size[0] != preprocess.size[1]:
+            raise NotImplementedError("timm scales the shorter side this way only for a square input size")
+        return {**settings, "crop_pct": crop_pct_for(preprocess.size, (resize, resize)), "crop_mode": "center"}
+    return {**settings, "crop_pct": crop_pct_for(preprocess.size, resize), "crop_mode": "squash"}
+
+
+def crop_pct_for(size: tuple[int, int], resize: tuple[int, int]) -> float:
+    """The shortest decimal crop_pct for which timm's `math.floor(edge / crop_pct)` gives `resize` from `size`."""
+    low = max(edge / (target + 1) for edge, target in zip(size, resize, strict=True))  # crop_pct lies above this
+    high = min(edge / target for edge, target in zip(size, resize, strict=True))  # ... and at most this
+    for digits in range(1, 16):
+        nearest = round(high, digits)
+        for pct in (nearest, round(nearest - 10**-digits, digits)):  # edge / high itself may round down in floats
+            if low < pct <= high and all(math.floor(e / pct) == t for e, t in zip(size, resize, strict=True)):
+                return pct
+    raise NotImplementedError(f"no crop_pct makes timm resize {size[0]}x{size[1]} to {resize[0]}x{resize[1]}")
 
 
 def _size_fields(size: Any) -> dict:

@@ -83,14 +83,14 @@ def render_card(run_dir: Path, repo_id: str | None = None) -> ModelCard:
         library_name="transformers",
         pipeline_tag=TASK,
         tags=["hf_tl", kind, *_family_tags(config)],
-        eval_results=eval_results(metrics, data.get("config_name")),
+        eval_results=eval_results(metrics, data.get("config_name"), data.get("revision")),
     )
     mlp = model.get("head") == "mlp"
     ref = repo_id or "path/to/this/repository"
     context = {
         "title": esc(title),
         "base_text": _base_text(model["name"], model.get("revision")),
-        "dataset_text": _dataset_text(metrics["dataset"], data.get("config_name")),
+        "dataset_text": _dataset_text(metrics["dataset"], data.get("config_name"), data.get("revision")),
         "eval_text": f"the split {esc(metrics['eval_split'])}",
         "num_classes": len(metrics["eval"]["per_class_accuracy"]),
         "num_train": f"{metrics['num_train_examples']:,}",
@@ -112,7 +112,7 @@ def render_card(run_dir: Path, repo_id: str | None = None) -> ModelCard:
         "epochs_completed": _number(metrics.get("epochs_completed"), ".4g"),
         # per-epoch sums: right after a resume too, when the wall clock saw only the last stretch
         "train_wall": f"{sum(metrics.get('timings', {}).get('train_seconds_per_epoch', [])):.1f} s",
-        "hyper_parameters": _hyper_parameter_rows(recipe),
+        "hyper_parameters": _hyper_parameter_rows(recipe, metrics.get("preprocessing")),
         "epochs": _epoch_rows(metrics.get("timings", {}), history),
         "per_class": _per_class_rows(metrics),
         "reproduce": _reproduce(repo_id, metrics.get("device", {}).get("num_processes", 1)),
@@ -130,9 +130,10 @@ def render_card(run_dir: Path, repo_id: str | None = None) -> ModelCard:
     return ModelCard.from_template(card_data, template_path=str(model_card_template()), **context)
 
 
-def eval_results(metrics: dict, config_name: str | None = None) -> list[EvalResult]:
-    """model-index results: the validation metrics of metrics.json under the Hub's metric names."""
-    dataset = metrics["dataset"]
+def eval_results(metrics: dict, config_name: str | None = None, revision: str | None = None) -> list[EvalResult]:
+    """model-index results: the validation metrics of metrics.json under the Hub's metric names. A local dataset
+    is named by its folder's name alone: a path of the machine that trained is of no use on the Hub, and private."""
+    dataset = metrics["dataset"] if is_hub_id(metrics["dataset"]) else local_name(metrics["dataset"])
     results = []
     for key, (metric_type, metric_name, args) in HUB_METRICS.items():
         value = metrics["eval"].get(key)
@@ -143,8 +144,9 @@ def eval_results(metrics: dict, config_name: str | None = None) -> list[EvalResu
                 task_type=TASK,
                 task_name="Image Classification",
                 dataset_type=dataset,
-                dataset_name=dataset if is_hub_id(dataset) else Path(dataset).name or dataset,
+                dataset_name=dataset,
                 dataset_config=config_name,
+                dataset_revision=revision,
                 dataset_split=metrics["eval_split"],
                 metric_type=metric_type,
                 metric_name=metric_name,
@@ -156,14 +158,18 @@ def eval_results(metrics: dict, config_name: str | None = None) -> list[EvalResu
 
 
 def recorded_results(card: ModelCard) -> list[dict[str, Any]]:
-    """The model-index results of a card, metrics named as metrics.json names them (accuracy, macro_f1, ...)."""
+    """The model-index results of a card, metrics named as metrics.json names them (accuracy, macro_f1, ...).
+    `local`: the dataset is not on the Hub (the card's `datasets` does not list it), and is named by its folder."""
     names = {(t, json.dumps(a, sort_keys=True)): key for key, (t, _, a) in HUB_METRICS.items()}
+    listed = getattr(card.data, "datasets", None) or []
+    on_hub = {listed} if isinstance(listed, str) else set(listed)
     results = []
     for result in getattr(card.data, "eval_results", None) or []:
         args = json.dumps(result.metric_args, sort_keys=True)
         results.append(
             {
                 "dataset": result.dataset_type,
+                "local": result.dataset_type not in on_hub,
                 "config": result.dataset_config,
                 "split": result.dataset_split,
                 "metric": names.get((result.metric_type, args), result.metric_type),
@@ -184,6 +190,11 @@ def load_card(path: Path) -> ModelCard | None:
         return ModelCard.load(path)
     except Exception:  # a README that is not a card (bad YAML header, ...) is no card
         return None
+
+
+def local_name(path: str) -> str:
+    """A local dataset or checkpoint as a card names it: its folder's name, never the path to it."""
+    return Path(path).expanduser().name or str(path)
 
 
 def is_hub_id(name: str | None) -> bool:
@@ -222,14 +233,15 @@ def _base_text(name: str, revision: str | None) -> str:
     at = f" (revision {esc(revision)})" if revision else ""
     if is_hub_id(name):
         return f"[{esc(name)}](https://huggingface.co/{name}){at}"
-    return f"The local checkpoint {esc(name)}{at}"
+    return f"The local checkpoint {esc(local_name(name))} (a local folder){at}"
 
 
-def _dataset_text(dataset: str, config_name: str | None) -> str:
+def _dataset_text(dataset: str, config_name: str | None, revision: str | None = None) -> str:
     config = f" (configuration {esc(config_name)})" if config_name else ""
     if is_hub_id(dataset):
-        return f"[{esc(dataset)}](https://huggingface.co/datasets/{dataset}){config}"
-    return f"the local dataset {esc(dataset)}{config}"
+        at = f" (revision {esc(revision)})" if revision else ""
+        return f"[{esc(dataset)}](https://huggingface.co/datasets/{dataset}){config}{at}"
+    return f"the local dataset {esc(local_name(dataset))} (a local folder){config}"
 
 
 def _base_license(name: str, revision: str | None) -> str | None:
@@ -270,20 +282,23 @@ def _device_text(device: dict) -> str:
     return f"{esc(device.get('type', 'unknown'))}{name}, {count} process{'es' if count != 1 else ''}"
 
 
-def _hyper_parameter_rows(recipe: dict) -> list[dict]:
+def _hyper_parameter_rows(recipe: dict, preprocessing: dict | None = None) -> list[dict]:
+    """The recipe's keys that shape the result; data.resize=auto shows what it chose (metrics.json's preprocessing)."""
     keys = [("model", k) for k in ("weights", "head", "revision")]
     keys += [("strategy", k) for k in recipe.get("strategy", {})]
     keys += [("training", k) for k in recipe.get("training", {}) if k != "resume"]
     keys += [
         ("data", k)
-        for k in ("train_split", "eval_split", "val_fraction", "max_train_samples", "max_eval_samples")
-        + ("interpolation", "hflip")
+        for k in ("revision", "train_split", "eval_split", "val_fraction", "max_train_samples", "max_eval_samples")
+        + ("resize", "interpolation", "augment")
     ]
     rows = []
     for section, key in keys:
         if key not in recipe.get(section, {}):
             continue
         value = recipe[section][key]
+        if (section, key) == ("data", "resize") and value == "auto" and preprocessing:
+            value = f"auto: {preprocessing['resize']}"
         shown = json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else value
         rows.append({"key": f"{section}.{key}", "value": esc(shown)})
     return rows

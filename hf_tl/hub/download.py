@@ -46,7 +46,9 @@ def eval_command(path: Path, revision: str | None = None) -> str:
     if not recorded:
         return f"{model} dataset=<a labelled dataset> split=<its split> {loading}".rstrip()
     dataset, config, split = recorded[0]["dataset"], recorded[0]["config"], recorded[0]["split"]
-    words = [f"dataset={dataset}", *([f"config_name={config}"] if config else [])]
+    # a local dataset, which the card names by its folder alone: hf-tl eval takes the path from recipe.yaml
+    words = [] if recorded[0].get("local") else [f"dataset={dataset}"]
+    words += [f"config_name={config}"] if config else []
     words.append(f"split={VALIDATION if is_held_out(split) else split}")
     return f"{model} {shlex.join(words)} {loading}".rstrip()
 

@@ -36,7 +36,7 @@ from hf_tl.models.source import resolve_model
 from hf_tl.runs.environment import library_versions
 from hf_tl.runs.folder import MODEL_DIR, RECIPE_FILE, write_json
 from hf_tl.runs.paths import check_output_folder, slug
-from hf_tl.training.metrics import confusion_counts, full_metrics
+from hf_tl.training.metrics import confusion_counts, full_metrics, named_per_class
 
 EVAL_FILE = "eval.json"
 LABEL_MODES = ("by_name", "by_index")
@@ -63,8 +63,7 @@ def evaluate(args: EvalArgs) -> dict:
     )
     preprocess = preprocess_of(processor, args.interpolation)  # what pipeline() does with this checkpoint
     logits, references, seconds = _predict(model, loader, preprocess, device)
-    metrics = full_metrics(logits, references)
-    metrics["per_class_accuracy"] = dict(zip(model_labels, metrics["per_class_accuracy"], strict=True))
+    metrics = named_per_class(full_metrics(logits, references), model_labels)
     counts = confusion_counts(references, logits.argmax(axis=1), len(model_labels))
     where = f"{args.dataset}{f' ({args.config_name})' if args.config_name else ''} / {split_name}"
     confusion_matrix(counts, model_labels, output / CONFUSION_FILE, title=f"{args.model} on {where}")
@@ -129,7 +128,7 @@ def compare_with_card(args: EvalArgs, metrics: dict, split_name: str | None = No
     same = [
         r
         for r in recorded
-        if _same_dataset(r["dataset"], args.dataset)
+        if _same_dataset(r["dataset"], args.dataset, local=r.get("local", False))
         and r["split"] == split_name
         and (r["config"] or None) == (args.config_name or None)
     ]
@@ -251,7 +250,9 @@ def _split_hint(args: EvalArgs, recipe: Recipe | None) -> str:
 
 def _held_out_validation(recipe: Recipe, args: EvalArgs) -> tuple[Dataset, str]:
     """The run's own validation split: its data settings and seed, on `args.dataset`, through training's code."""
-    data = dataclasses.replace(recipe.data, dataset=args.dataset, **_run_settings_unless_given(args, recipe.data))
+    settings = _run_settings_unless_given(args, recipe.data)
+    revision = recipe.data.revision if args.dataset == recipe.data.dataset else None  # a copy has no Hub revision
+    data = dataclasses.replace(recipe.data, dataset=args.dataset, revision=revision, **settings)
     splits = load_splits(data, recipe.training.seed)
     if not is_held_out(splits.eval_split):
         raise DataError(
@@ -274,7 +275,7 @@ def _data_section(args: EvalArgs) -> DataSection:
         config_name=args.config_name,
         image_column=args.image_column,
         label_column=args.label_column,
-        hflip=False,
+        augment="none",
     )
 
 
@@ -334,12 +335,14 @@ def _hub_file(repo_id: str, filename: str, revision: str | None) -> Path | None:
         return None
 
 
-def _same_dataset(recorded: str | None, given: str) -> bool:
+def _same_dataset(recorded: str | None, given: str, local: bool = False) -> bool:
+    """Whether `given` is the dataset recorded. A card names a `local` dataset by its folder's name alone."""
     if recorded == given:
         return True
-    if recorded and Path(recorded).expanduser().exists() and Path(given).expanduser().exists():
-        return Path(recorded).expanduser().resolve() == Path(given).expanduser().resolve()
-    return False
+    here = Path(given).expanduser()
+    if recorded and Path(recorded).expanduser().exists() and here.exists():
+        return Path(recorded).expanduser().resolve() == here.resolve()
+    return local and here.exists() and here.resolve().name == recorded
 
 
 def _report(result: dict, output: Path) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from hf_tl.config.recipe import SECTIONS, Recipe, to_yaml
+from hf_tl.config.recipe import SECTIONS, Recipe, to_yaml, upgrade_written
 from hf_tl.config.resources import PACKAGE_DIR
 from hf_tl.errors import HfTlError, RecipeError
 from hf_tl.runs.environment import process_state
@@ -40,6 +40,7 @@ MODEL_DIR = "model"  # the final model, merged: loads with plain from_pretrained
 ADAPTER_DIR = "adapter"  # LoRA runs: the peft adapter
 CARD_FILE = "README.md"  # the model card
 CURVES_FILE = "training_curves.png"
+LOGS_DIR = "logs"  # the trackers' local files (training.report_to): tensorboard's event files
 # Everything a run writes at the top of its folder. Hidden temporaries are named after these: `.NAME.*`
 # (written_atomically's files, replaced_atomically's `.NAME.partial` and `.NAME.previous`).
 RUN_ENTRIES = (
@@ -51,6 +52,7 @@ RUN_ENTRIES = (
     ADAPTER_DIR,
     CARD_FILE,
     CURVES_FILE,
+    LOGS_DIR,
 )
 REPLACED_DIR = ".replaced-run"  # the previous run, moved aside while a new one replaces it
 MOVED_MARK = ".moved"  # in REPLACED_DIR: every entry was moved aside, so the new run may begin writing
@@ -449,6 +451,7 @@ def _without_output(recipe_yaml: str) -> dict:
     """Recipes compared for 'same run', defaults filled in (an older folder lacks newer keys); where the output
     goes, whether to resume and whether to push may differ."""
     written = OmegaConf.create(recipe_yaml)
+    upgrade_written(written)
     try:
         written = OmegaConf.merge(OmegaConf.structured(Recipe), written)
     except Exception:  # keys of another hf_tl version: compare as written
@@ -456,5 +459,6 @@ def _without_output(recipe_yaml: str) -> dict:
     recipe = OmegaConf.to_container(written)
     for section in ("name", "output", "hub"):
         recipe.pop(section, None)
-    recipe.get("training", {}).pop("resume", None)
+    for key in ("resume", "report_to"):  # where the run continues from, and the trackers it also logs to
+        recipe.get("training", {}).pop(key, None)
     return recipe

@@ -43,7 +43,7 @@ LOG_FILE = "train.log"
 RUN_DIR = "run"
 LAUNCHERS = ("python", "accelerate")
 # Overrides that do not change a cell's results: a sweep folder may be continued with or without them.
-RESULT_NEUTRAL = ("training.resume", "output.overwrite", "data.num_workers")
+RESULT_NEUTRAL = ("training.resume", "training.report_to", "output.overwrite", "data.num_workers")
 ERROR_LINES = 15
 
 

@@ -18,12 +18,16 @@ if TYPE_CHECKING:
 
 MODULE = Path(__file__).parent / "metric_modules" / "classification.py"
 TOP_K = 5
+PER_CLASS = ("per_class_accuracy", "per_class_precision", "per_class_recall")  # one value per class id, or None
 
 
 def classification_metrics(logits, references) -> dict:
-    """Accuracy, top-5 accuracy (more than 5 classes), macro-F1 (scikit-learn's), per-class accuracy, count.
+    """Accuracy, top-5 accuracy (more than 5 classes), macro-F1 and balanced accuracy (scikit-learn's), count,
+    and per class: accuracy, precision and recall (the `PER_CLASS` lists).
 
     The predicted class is `argmax`'s: on equal scores the lower class id. Top-5 ranks the same way (see `top_k_hits`).
+    A per-class value is None where it is undefined: recall (and accuracy) for a class absent from the references,
+    precision for a class never predicted. Balanced accuracy is the mean recall over the classes present.
     """
     logits = np.asarray(logits, dtype=np.float64)  # exact for float32 and float16 logits
     refs = np.asarray(references, dtype=np.int64)
@@ -44,12 +48,28 @@ def classification_metrics(logits, references) -> dict:
     result = {
         "accuracy": float((predicted == refs).mean()),
         "macro_f1": float(f1[seen].mean()),
-        "per_class_accuracy": [float(r) if s else None for r, s in zip(recall, present, strict=True)],
+        "balanced_accuracy": float(recall[present].mean()),
+        "per_class_accuracy": defined_or_none(recall, present),
+        "per_class_precision": defined_or_none(precision, predicted_count > 0),
+        "per_class_recall": defined_or_none(recall, present),
         "num_examples": int(len(refs)),
     }
     if num_classes > TOP_K:
         result["top5_accuracy"] = float(top_k_hits(logits, refs, TOP_K).mean())
     return result
+
+
+def defined_or_none(values: np.ndarray, defined: np.ndarray) -> list[float | None]:
+    """Plain floats for JSON, None where the value is undefined (a 0/0), so it is not mistaken for a 0."""
+    return [float(v) if d else None for v, d in zip(values, defined, strict=True)]
+
+
+def named_per_class(result: dict, labels: list[str]) -> dict:
+    """`result` with each per-class list keyed by label name, as metrics.json and eval.json record them."""
+    named = dict(result)
+    for key in PER_CLASS:
+        named[key] = dict(zip(labels, result[key], strict=True))
+    return named
 
 
 def confusion_counts(references: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -82,7 +102,6 @@ def full_metrics(predictions, label_ids) -> dict:
 
 
 def compute_metrics(prediction: EvalPrediction) -> dict:
-    """Scalar metrics for the Trainer's logs; per-class accuracy goes to metrics.json separately."""
+    """Scalar metrics for the Trainer's logs; the per-class lists go to metrics.json separately."""
     result = full_metrics(prediction.predictions, prediction.label_ids)
-    result.pop("per_class_accuracy")
-    return result
+    return {key: value for key, value in result.items() if key not in PER_CLASS}

@@ -18,10 +18,11 @@ from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_tl import progress
-from hf_tl.config.recipe import Recipe, check_steps_train, warmup_steps
-from hf_tl.data.datasets import Splits, collate_images, image_transform, load_splits, preprocess_for
+from hf_tl.config.recipe import Recipe, check_steps_train, sets_trainer_keys, warmup_steps
+from hf_tl.data.augment import Augment, batch_mixup
+from hf_tl.data.datasets import Splits, collate_images, image_transform, load_splits, resizing_for
 from hf_tl.data.processors import processor_for
-from hf_tl.errors import HfTlError, forget_warnings, warn
+from hf_tl.errors import HfTlError, forget_warnings, is_main_process, warn
 from hf_tl.hub.card import write_run_card
 from hf_tl.hub.transfer import check_can_push, push_run
 from hf_tl.models.loading import load_backbone
@@ -29,18 +30,19 @@ from hf_tl.runs import folder as rundir
 from hf_tl.runs.environment import device_info, library_versions, process_state
 from hf_tl.strategies.freezing import Summary, apply_strategy
 from hf_tl.training import phases
+from hf_tl.training.arguments import check_trainer_keys, training_arguments
 from hf_tl.training.cache import features as feature_cache
 from hf_tl.training.export import save_final_model
-from hf_tl.training.losses import classification_loss
-from hf_tl.training.metrics import compute_metrics, full_metrics
+from hf_tl.training.losses import ClassificationLoss
+from hf_tl.training.metrics import compute_metrics, full_metrics, named_per_class
 from hf_tl.training.timing import EpochTimer
 from hf_tl.training.touched import train_metrics_dataset
 from hf_tl.training.trainer import (
     SAVE_ERRORS,
     HfTlTrainer,
+    checkpoint_damage,
     resume_command,
     set_aside_damaged_checkpoints,
-    training_arguments,
     use_channels_last,
 )
 
@@ -58,7 +60,10 @@ def build_trainer(recipe: Recipe, run_dir: Path) -> tuple[HfTlTrainer, Splits, S
     channels_last = use_channels_last(recipe, model)  # before a peft wrapper renames the modules
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    preprocess = preprocess_for(base_processor, recipe.data, channels_last)
+    resizing = resizing_for(base_processor, recipe.data, splits, channels_last)
+    if resizing.chosen_by == "auto" and is_main_process():
+        print(f"hf_tl: data.resize=auto chose {resizing.resize}: {resizing.reason}", flush=True)
+    preprocess = resizing.preprocess
     # Checkpoints and model/ carry a processor that does what evaluation here does, not the base model's.
     processor = processor_for(dataclasses.replace(preprocess, channels_last=False), base_processor, model.config)
     model, summary = apply_strategy(model, recipe.strategy)
@@ -74,22 +79,24 @@ def build_trainer(recipe: Recipe, run_dir: Path) -> tuple[HfTlTrainer, Splits, S
         train_dataset=splits.train.with_transform(images),
         eval_dataset=splits.eval.with_transform(images),
         processing_class=processor,
-        compute_loss_func=classification_loss,
+        compute_loss_func=ClassificationLoss(recipe.training.label_smoothing),
         compute_metrics=compute_metrics,
         callbacks=callbacks,
         preprocess=preprocess,
-        hflip=recipe.data.hflip,
+        augment=Augment(recipe.data.augment, preprocess),
+        mixup=batch_mixup(recipe.training, len(splits.labels)),
+        recipe_training=recipe.training,
     )
     trainer.use_feature_cache(feature_cache.prepare(trainer.feature_source(), recipe, splits))
+    trainer.resizing = resizing  # metrics.json's `preprocessing`
     return trainer, splits, summary, timer
 
 
 def evaluate_split(trainer: HfTlTrainer, dataset, labels: list[str], prefix: str) -> dict:
-    """Full metrics on one split, per-class accuracy named by label."""
+    """Full metrics on one split, the per-class accuracy, precision and recall named by label."""
     with phases.timed(f"{prefix}_metrics"):
         output = trainer.predict(dataset, metric_key_prefix=prefix)
-    full = full_metrics(output.predictions, output.label_ids)
-    full["per_class_accuracy"] = dict(zip(labels, full["per_class_accuracy"], strict=True))
+    full = named_per_class(full_metrics(output.predictions, output.label_ids), labels)
     full["loss"] = output.metrics.get(f"{prefix}_loss")
     return full
 
@@ -98,8 +105,19 @@ def resume_point(recipe: Recipe, checkpoints: Path) -> str | None:
     """The last complete checkpoint to continue from (`training.resume=auto`), announced on the main process.
 
     Damaged checkpoints are moved aside and named in the same line; with none left usable, training starts over.
+    A checkpoint given by path (`training.resume=PATH`) is the one, whatever output.dir holds; damaged, it stops.
     """
     state = process_state()
+    if recipe.training.resume not in ("auto", "never"):
+        given = Path(recipe.training.resume)
+        damage = checkpoint_damage(given) if given.is_dir() else "no such folder"
+        if damage:
+            raise HfTlError(
+                f"training.resume={given} cannot resume: {damage}. Give another checkpoint, or training.resume=auto."
+            )
+        if state.is_main_process:
+            print(f"hf_tl: resuming from {given} (training.resume)", flush=True)
+        return str(given)
     if recipe.training.resume == "never":
         state.wait_for_everyone()
         if state.is_main_process:
@@ -196,6 +214,8 @@ def run(recipe: Recipe) -> Path:
 
 def _run(recipe: Recipe) -> Path:
     state = process_state()
+    if sets_trainer_keys(recipe.training):  # `hf-tl train` checked them before launching; a caller may not have
+        check_trainer_keys(recipe)
     if recipe.hub.push:  # a push that cannot happen is found before the training, not after it
         check_can_push(recipe.hub.repo_id)
     run_dir = rundir.resolve_run_dir(recipe)
@@ -256,7 +276,8 @@ def _run(recipe: Recipe) -> Path:
         "train": evaluate_split(trainer, train_eval, splits.labels, "train") if recipe.training.train_metrics else None,
         "parameters": summary.to_dict(),
         "timings": {**timer.to_dict(), "train_wall_seconds": round(train_wall, 3)},
-        "feature_cache": trainer.features.report if trainer.features else {"used": False},
+        "feature_cache": trainer.features.report if trainer.features else feature_cache.off_report(recipe),
+        "preprocessing": trainer.resizing.record(),
         "epochs_completed": trainer.state.epoch,
         "schedule": schedule,
         "device": device_info(),

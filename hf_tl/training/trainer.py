@@ -17,19 +17,22 @@ import torch
 from omegaconf import OmegaConf
 from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers import PreTrainedModel, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import PreTrainedModel, PrinterCallback, Trainer, TrainerCallback
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer import DEFAULT_PROGRESS_CALLBACK, OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from hf_tl import device, progress
-from hf_tl.config.recipe import Recipe
+from hf_tl.config.recipe import Recipe, TrainingSection
+from hf_tl.data.augment import Augment, BatchMixup
 from hf_tl.data.preprocess import Preprocess, draw_flips
 from hf_tl.errors import HfTlError
-from hf_tl.runs.folder import RECIPE_FILE, disk_full, sync_tree
+from hf_tl.runs.folder import CHECKPOINTS_DIR, LOGS_DIR, RECIPE_FILE, disk_full, sync_tree
 from hf_tl.training.cache.features import FeatureCache, Source
 from hf_tl.training.export import without_aliases
+from hf_tl.training.optimizer import describe, param_groups
 from hf_tl.training.timing import ProgressReport
 from hf_tl.training.touched import training_rows
 
@@ -89,16 +92,33 @@ class HfTlTrainer(Trainer):
     _staging: str | None = None
     _loss_sums_restored = False
 
-    def __init__(self, *args: Any, preprocess: Preprocess, hflip: bool, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        preprocess: Preprocess,
+        augment: Augment,
+        mixup: BatchMixup | None = None,
+        recipe_training: TrainingSection | None = None,  # its layer_decay and head_lr
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.add_callback(LossTally())
         self.add_callback(_RestoreLossSumsAtTrainBegin(self))
         for printer in (DEFAULT_PROGRESS_CALLBACK, PrinterCallback):  # nested bars, a dict per log
             self.remove_callback(printer)
         self.add_callback(ProgressReport(self))
+        _log_trackers_into_run_folder(self)
         self.preprocess = preprocess
-        self.hflip = hflip
+        self.augment, self.mixup = augment, mixup  # training only: evaluation runs preprocess alone
+        self.loss = self.compute_loss_func  # hf_tl's ClassificationLoss: told below whether the model trains
+        if self.loss is not None:
+            self.compute_loss_func = self._loss_in_mode
+        self.recipe_training = recipe_training
         self.features: FeatureCache | None = None  # set by use_feature_cache when the cache is on
+
+    def _loss_in_mode(self, outputs, labels, num_items_in_batch=None):
+        """The Trainer calls its loss alike in training and evaluation; hf_tl's smooths labels only in training."""
+        return self.loss(outputs, labels, num_items_in_batch, training=self.model.training)
 
     def feature_source(self) -> Source:
         """What the feature cache needs of this run: the model, its preprocessing, the arguments, the rows drawn."""
@@ -113,17 +133,42 @@ class HfTlTrainer(Trainer):
             self.data_collator = cache.collator
 
     def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """On the device: uint8 images become pixel values, or cached rows become the entry's inputs."""
+        """On the device: uint8 images become pixel values (augmented, and mixed with their labels, while training),
+        or cached rows become the entry's inputs (the cache holds only what flip and none give)."""
         inputs = super()._prepare_inputs(inputs)
-        count = len(inputs["labels"])
-        flips = draw_flips(count) if self.hflip and self.model.training else None
+        training = self.model.training
         if "images" in inputs:
             if self.features:  # a forward that raised may have left cached inputs behind
                 self.features.reset()
-            return {"pixel_values": self.preprocess(inputs.pop("images"), flips), **inputs}
+            images = inputs.pop("images")
+            pixels = self.augment(images) if training else self.preprocess(images)
+            if training and self.mixup is not None:
+                pixels, inputs["labels"] = self.mixup(pixels, inputs["labels"])
+            return {"pixel_values": pixels, **inputs}
         if "cache_row" in inputs:
-            return self.features.inputs_for(inputs, None if flips is None else flips.to(inputs["labels"].device))
+            labels = inputs["labels"]
+            flips = draw_flips(len(labels)).to(labels.device) if training and self.augment.kind == "flip" else None
+            return self.features.inputs_for(inputs, flips)
         return inputs
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """transformers' optimizer, over layer-wise groups when training.layer_decay or training.head_lr is set."""
+        t = self.recipe_training
+        if self.optimizer is not None or t is None or (t.layer_decay is None and t.head_lr is None):
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        groups = param_groups(
+            self.accelerator.unwrap_model(opt_model),
+            self.args.learning_rate,
+            self.args.weight_decay,
+            t.layer_decay,
+            t.head_lr,
+        )
+        if self.is_world_process_zero():
+            print(describe(groups, t.layer_decay, t.head_lr), flush=True)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
 
     def _get_output_dir(self, trial) -> str:
         return self._staging or super()._get_output_dir(trial)
@@ -222,11 +267,15 @@ def resume_command(run_folder: Path, recipe: Recipe | None = None) -> str:
     """
     resume, overwrite = (recipe.training.resume, recipe.output.overwrite) if recipe else _resume_settings(run_folder)
     overrides = [f"output.dir={shlex.quote(str(run_folder))}"]
-    if resume != "auto":
-        overrides.append("training.resume=auto")
+    if resume == "never" or (resume != "auto" and _has_checkpoint(run_folder / CHECKPOINTS_DIR)):
+        overrides.append("training.resume=auto")  # a checkpoint given by path stays the start until the run has one
     if overwrite:
         overrides.append("output.overwrite=false")
     return f"the same command plus {' '.join(overrides)}"
+
+
+def _has_checkpoint(checkpoints: Path) -> bool:
+    return checkpoints.is_dir() and get_last_checkpoint(str(checkpoints)) is not None
 
 
 def _resume_settings(run_folder: Path) -> tuple[str, bool]:
@@ -322,44 +371,12 @@ def _current_key_names(model):
         del model.save_pretrained
 
 
-def training_arguments(recipe: Recipe, checkpoints_dir: Path) -> TrainingArguments:
-    t = recipe.training
-    workers = device.loader_workers(recipe.data.num_workers)
-    return TrainingArguments(
-        output_dir=str(checkpoints_dir),
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.eval_batch_size or t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.lr,
-        weight_decay=t.weight_decay,
-        warmup_steps=t.warmup_ratio,
-        lr_scheduler_type=t.scheduler,
-        lr_scheduler_kwargs=dict(t.scheduler_kwargs),
-        optim=t.optimizer,
-        bf16=t.precision == "bf16",
-        fp16=t.precision == "fp16",
-        seed=t.seed,
-        data_seed=t.seed,
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        load_best_model_at_end=True,
-        metric_for_best_model="accuracy",
-        greater_is_better=True,
-        save_total_limit=2,
-        logging_steps=t.logging_steps,
-        report_to="none",
-        remove_unused_columns=False,  # the Trainer would otherwise drop the image column
-        label_names=["labels"],  # DeiT-with-teacher's forward takes no labels, so the Trainer cannot infer them
-        dataloader_num_workers=workers,
-        dataloader_persistent_workers=workers > 0,
-        dataloader_pin_memory=device.pin_memory(),
-        torch_compile=t.compile,
-        use_cpu=device.no_accelerator(),
-        disable_tqdm=False,  # HfTlTrainer replaces the Trainer's bars (and dicts) with hf_tl's ProgressReport
-        restore_callback_states_from_checkpoint=True,  # epoch timings and early-stopping patience survive a resume
-    )
+def _log_trackers_into_run_folder(trainer: Trainer) -> None:
+    """TensorBoard writes under output_dir, the run's checkpoints/ that goes at the end, unless told: into the run
+    folder's logs/ instead (TENSORBOARD_LOGGING_DIR, when set, still decides)."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = str(Path(trainer.args.output_dir).parent / LOGS_DIR)
 
 
 def use_channels_last(recipe: Recipe, model: nn.Module) -> bool:

@@ -130,7 +130,7 @@ def test_overrides_are_typed():
             "recipe=quickstart",
             "training.lr=3e-4",
             "training.batch_size=8",
-            "data.hflip=false",
+            "data.augment=none",
             "strategy.kind=lora",
             "strategy.target_modules=[q_proj,v_proj]",
             "training.scheduler=reduce_lr_on_plateau",  # the scheduler that takes a factor
@@ -139,7 +139,7 @@ def test_overrides_are_typed():
     )
     assert recipe.training.lr == 0.0003 and type(recipe.training.lr) is float
     assert recipe.training.batch_size == 8 and type(recipe.training.batch_size) is int
-    assert recipe.data.hflip is False
+    assert recipe.data.augment == "none"
     assert recipe.strategy.kind == "lora"
     assert recipe.strategy.target_modules == ["q_proj", "v_proj"] and type(recipe.strategy.target_modules) is list
     assert recipe.training.scheduler_kwargs == {"factor": 0.6} and type(recipe.training.scheduler_kwargs) is dict
@@ -160,9 +160,9 @@ def test_optional_key_accepts_null():
 
 
 def test_parse_args_splits_recipe_from_overrides():
-    assert parse_args(["training.lr=1", "recipe=quickstart", "data.hflip=false"]) == (
+    assert parse_args(["training.lr=1", "recipe=quickstart", "data.augment=none"]) == (
         "quickstart",
-        ["training.lr=1", "data.hflip=false"],
+        ["training.lr=1", "data.augment=none"],
     )
     assert parse_args(["+recipe=deit_lastblock"]) == ("deit_lastblock", [])
 
@@ -240,7 +240,7 @@ def test_unknown_section_suggests_and_lists_sections():
     [
         ("training.lr=fast", "training.lr", "'fast'", "float"),
         ("training.batch_size=1.5", "training.batch_size", "1.5", "int"),
-        ("data.hflip=maybe", "data.hflip", "'maybe'", "bool"),
+        ("training.compile=maybe", "training.compile", "'maybe'", "bool"),
         ("training.eval_batch_size=many", "training.eval_batch_size", "'many'", "int (or null)"),
     ],
 )
@@ -296,6 +296,17 @@ def test_precision_outside_choices_lists_them():
         ("training.lr=-0.1", "recipe key 'training.lr' got -0.1; it must be at least 0.0."),
         ("strategy.r=0", "recipe key 'strategy.r' got 0; it must be at least 1."),
         (
+            "training.layer_decay=0",
+            "recipe key 'training.layer_decay' got 0.0; it must be above 0 and at most 1 (0.65 to 0.75 is usual), "
+            "or null for none.",
+        ),
+        (
+            "training.layer_decay=1.5",
+            "recipe key 'training.layer_decay' got 1.5; it must be above 0 and at most 1 (0.65 to 0.75 is usual), "
+            "or null for none.",
+        ),
+        ("training.head_lr=-1e-3", "recipe key 'training.head_lr' got -0.001; it must be at least 0.0."),
+        (
             "data.val_fraction=1.5",
             "recipe key 'data.val_fraction' got 1.5; it must lie strictly between 0 and 1.",
         ),
@@ -315,6 +326,11 @@ def test_precision_outside_choices_lists_them():
 )
 def test_value_below_minimum(override, expected):
     assert _error("quickstart", [override]) == expected
+
+
+def test_layer_decay_of_one_and_head_lr_are_accepted():
+    training = load_recipe("quickstart", ["training.layer_decay=1", "training.head_lr=1e-3"]).training
+    assert (training.layer_decay, training.head_lr) == (1.0, 1e-3)
 
 
 @pytest.mark.parametrize("body", ["data:\n  dataset: ./images\n", "", "model:\n  head: mlp\ndata:\n  dataset: x\n"])
@@ -492,7 +508,7 @@ def test_overridden_recipe_round_trips_through_yaml(tmp_path):
             "strategy.target_modules=[q_proj,v_proj]",
             "training.scheduler=reduce_lr_on_plateau",
             "training.scheduler_kwargs={factor: 0.6}",
-            "data.hflip=false",
+            "data.augment=none",
         ],
     )
     again = load_recipe(str(_write(tmp_path / "r.yaml", to_yaml(recipe))))
@@ -512,3 +528,98 @@ def test_quickstart_assets_resolve_inside_the_package():
     assert Path(recipe.model.name) == asset_path("quickstart/backbone")
     assert (Path(recipe.model.name) / "config.json").is_file()
     assert list(Path(recipe.data.dataset).rglob("*.parquet"))
+
+
+# --- the Trainer's reach: training.report_to, training.args, training.optimizer, training.resume=PATH ----------
+
+
+def _checked_by_transformers(name: str, overrides: list[str]):
+    """The recipe, with the keys only transformers can check checked (as `hf-tl train` and `run` do)."""
+    from hf_tl.training.arguments import check_trainer_keys
+
+    recipe = load_recipe(name, overrides)
+    check_trainer_keys(recipe)
+    return recipe
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "training.report_to=[tensorbord]",
+            "recipe key 'training.report_to' has 'tensorbord', which is not one of transformers' trackers. "
+            "Did you mean 'tensorboard'?",
+        ),
+        (
+            "training.args.max_grad_nrom=0.5",
+            "recipe key 'training.args.max_grad_nrom': TrainingArguments has no field 'max_grad_nrom'. "
+            "Did you mean 'max_grad_norm'?",
+        ),
+        ("training.args.max_grad_norm=abc", "recipe key 'training.args.max_grad_norm' got 'abc', which is not a valid"),
+        (
+            "training.args.learning_rate=0.1",
+            "recipe key 'training.args.learning_rate' is refused: hf_tl sets it from training.lr; set training.lr "
+            "instead.",
+        ),
+        (
+            "training.args.remove_unused_columns=true",
+            "recipe key 'training.args.remove_unused_columns' is refused: hf_tl owns it (the Trainer would drop the "
+            "image column).",
+        ),
+        ("training.args.eval_strategy=bogus", "with training.args={'eval_strategy': 'bogus'}: bogus is not a valid"),
+        (
+            "training.optimizer=rmsprp",
+            "recipe key 'training.optimizer' got 'rmsprp', which is not one of transformers' optimizers. "
+            "Did you mean 'rmsprop'?",
+        ),
+        ("training.resume=nevr", "recipe key 'training.resume' got 'nevr', which is no folder. Did you mean 'never'?"),
+    ],
+)
+def test_trainer_keys_are_checked_against_transformers_own_lists(override, message):
+    with pytest.raises(RecipeError) as error:
+        _checked_by_transformers("quickstart", ["data.dataset=x", override])
+    assert message in str(error.value)
+
+
+def test_a_tracker_that_is_not_installed_says_what_installs_it(monkeypatch):
+    from transformers.integrations import integration_utils
+
+    monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: False)
+    with pytest.raises(RecipeError, match="has 'tensorboard', which is not installed here: pip install tensorboard"):
+        _checked_by_transformers("quickstart", ["data.dataset=x", "training.report_to=[tensorboard]"])
+
+
+def test_any_of_transformers_optimizers_is_taken_and_one_needing_a_package_says_which():
+    assert (
+        _checked_by_transformers("quickstart", ["data.dataset=x", "training.optimizer=rmsprop"]).training.optimizer
+        == "rmsprop"
+    )
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(RecipeError, match="'adamw_bnb_8bit', which needs a package: .*bitsandbytes"):
+            _checked_by_transformers("quickstart", ["data.dataset=x", "training.optimizer=adamw_bnb_8bit"])
+
+
+def test_every_training_argument_hf_tl_owns_is_a_real_field_and_names_a_real_recipe_key():
+    from transformers import TrainingArguments
+
+    from hf_tl.training.arguments import OWNED_ARGUMENTS, _is_recipe_key
+
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    assert set(OWNED_ARGUMENTS) <= fields, set(OWNED_ARGUMENTS) - fields
+    assert all(_is_recipe_key(instead) for _, instead in OWNED_ARGUMENTS.values() if instead)
+
+
+def test_resume_takes_a_checkpoint_folder_and_names_a_folder_that_is_not_one(tmp_path):
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-24"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    recipe = load_recipe("quickstart", ["data.dataset=x", f"training.resume={checkpoint}"])
+    assert recipe.training.resume == str(checkpoint)
+    with pytest.raises(RecipeError) as error:
+        load_recipe("quickstart", ["data.dataset=x", f"training.resume={tmp_path / 'run'}"])
+    assert str(error.value).startswith(
+        f"recipe key 'training.resume' got '{tmp_path / 'run'}', which is not a checkpoint (no trainer_state.json). "
+        f"Its checkpoints: {checkpoint}."
+    )

@@ -463,7 +463,7 @@ def count_flips(small, hflip: bool, runs: int = 200) -> int:
     base = apply(make_transform(PROCESSORS["vit"], cfg("x"), False, "image", "label"), image)
     flipped = base.flip(-1)
     assert not torch.allclose(base, flipped)
-    transform = make_transform(PROCESSORS["vit"], cfg("x", hflip=hflip), True, "image", "label")
+    transform = make_transform(PROCESSORS["vit"], cfg("x", augment="flip" if hflip else "none"), True, "image", "label")
     n = 0
     for _ in range(runs):
         out = apply(transform, image)
@@ -489,7 +489,7 @@ def test_train_transform_never_flips_without_hflip(small):
 
 def test_eval_transform_never_flips(small):
     image = rgb_digit(small[4]["image"])
-    transform = make_transform(PROCESSORS["vit"], cfg("x", hflip=True), False, "image", "label")
+    transform = make_transform(PROCESSORS["vit"], cfg("x", augment="flip"), False, "image", "label")
     base = apply(transform, image)
     torch.manual_seed(0)
     assert all(torch.equal(apply(transform, image), base) for _ in range(50))

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
+import yaml
 from conftest import run_cli
 from fake_hub import FakeHub, fill_hf_cache
 from huggingface_hub import ModelCard
@@ -115,7 +116,7 @@ def test_the_card_parses_and_its_model_index_equals_metrics_json(pushed):
     assert results[("accuracy", "null")].metric_value == metrics["eval"]["accuracy"]
     assert results[("f1", '{"average": "macro"}')].metric_value == metrics["eval"]["macro_f1"]
     for r in data.eval_results:
-        assert (r.task_type, r.dataset_type, r.dataset_split) == ("image-classification", metrics["dataset"], "test")
+        assert (r.task_type, r.dataset_type, r.dataset_split) == ("image-classification", "saved", "test")
     body = card.text
     assert f"{metrics['parameters']['trainable']:,} of {metrics['parameters']['total']:,} parameters train" in body
     assert "`vit.layers.2`, `vit.layernorm`, `classifier`" in body
@@ -161,10 +162,10 @@ def test_download_from_the_cache_prints_card_and_recipe_then_eval_compares(pushe
     assert downloaded.returncode == 0, downloaded.stderr[-3000:]
     out = downloaded.stdout
     assert f"downloaded {REPO_ID} to {cache}/models--alice--tiny-digits/snapshots/" in out
-    assert f"accuracy         {metrics['eval']['accuracy']:.4f}   ({metrics['dataset']} / test)" in out
+    assert f"accuracy         {metrics['eval']['accuracy']:.4f}   (saved / test)" in out  # the folder's name
     assert f"macro_f1         {metrics['eval']['macro_f1']:.4f}" in out
     assert "  strategy:\n    kind: last_block" in out  # the recipe, as trained
-    assert f"dataset={metrics['dataset']} split=test" in out
+    assert "hf_tl.eval model=" in out and " split=test" in out and "dataset=" not in out  # the recipe's dataset
 
     evaluated = run_cli(
         sys.executable,
@@ -463,3 +464,21 @@ def test_the_eval_command_trusts_only_a_checkpoint_that_ships_code(tmp_path):
         (tmp_path / name / "config.json").write_text(json.dumps(config))
     assert "trust_remote_code" not in eval_command(tmp_path / "linear")
     assert shlex.split(eval_command(tmp_path / "mlp", "v 1"))[-2:] == ["revision=v 1", "trust_remote_code=true"]
+
+
+def test_the_held_out_split_of_a_hub_dataset_run_is_carved_again_from_a_local_copy(pushed_held_out, tmp_path):
+    """A run trained on a pinned Hub dataset (data.revision), evaluated on a local copy of it: the copy has no
+    revision, so the run's is not passed on, and the run's held-out split is carved from the copy."""
+    from hf_tl.cli.eval import parse_args
+    from hf_tl.inference.evaluate import evaluate
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(pushed_held_out.run_dir, run_dir)
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    local_copy = recipe["data"]["dataset"]
+    recipe["data"].update(dataset="alice/digits", revision="v1.0")  # as a run on the Hub dataset recorded it
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    given = [f"model={run_dir}", f"dataset={local_copy}", "split=validation", f"output={tmp_path / 'eval'}"]
+    report = evaluate(parse_args(given))
+    assert report["split"] == pushed_held_out.metrics["eval_split"]
+    assert report["metrics"]["accuracy"] == pushed_held_out.metrics["eval"]["accuracy"]

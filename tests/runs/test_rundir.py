@@ -300,6 +300,15 @@ def test_the_same_command_on_a_finished_run_says_so_and_does_nothing(finished, t
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == stamps  # not one file written
 
 
+def test_a_tracker_added_to_the_same_command_finds_the_same_run(finished, tiny_vit, digits_dir, tmp_path, capsys):
+    """training.report_to changes where the logs also go, not the run: the finished run is found, not refused."""
+    run_dir = copy_of(finished, tmp_path / "run")
+    command = ["recipe=quickstart", *overrides(tiny_vit, digits_dir, run_dir), "training.report_to=[tensorboard]"]
+    code, out, err = cli_exit(command, capsys)
+    assert code == 0, err
+    assert "hf_tl: this run is complete already" in out
+
+
 def test_a_run_stopped_after_its_metrics_is_finished_by_the_same_command(finished, tiny_vit, digits_dir, tmp_path):
     run_dir = copy_of(finished, tmp_path / "run")
     (run_dir / "README.md").unlink()  # killed between metrics.json and the card

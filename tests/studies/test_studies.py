@@ -59,11 +59,11 @@ def test_every_cell_of_a_shipped_study_is_a_valid_recipe(name, tmp_path):
 def test_malpure_settings_and_figures_are_the_papers():
     study = load_study("malpure2021")
     recipe = load_recipe(str(_dry_run_recipe(study, "deit_b_distilled")))
-    assert (recipe.model.head, recipe.strategy.kind, recipe.data.interpolation, recipe.data.hflip) == (
+    assert (recipe.model.head, recipe.strategy.kind, recipe.data.interpolation, recipe.data.augment) == (
         "mlp",
         "last_block",
         "bilinear",
-        True,
+        "flip",
     )
     assert (recipe.training.lr, recipe.training.batch_size, recipe.training.epochs) == (1e-4, 512, 20)
     assert recipe.training.scheduler == "reduce_lr_on_plateau"
@@ -81,9 +81,9 @@ def test_malpure_repo_settings():
     study = load_study("malpure2021_repo")
     assert [r["paper_val_accuracy"] for r in study.figures] == [91.44, 96.44, 96.78]
     recipe = load_recipe(str(_dry_run_recipe(study, "cait_s24")))
-    assert (recipe.model.head, recipe.data.hflip, recipe.data.image_mean, recipe.data.image_std) == (
+    assert (recipe.model.head, recipe.data.augment, recipe.data.image_mean, recipe.data.image_std) == (
         "linear",
-        False,
+        "none",
         [0.5] * 3,
         [0.5] * 3,
     )

@@ -14,19 +14,34 @@ import sys
 import evaluate
 import numpy as np
 import pytest
-from conftest import run_cli
+import torch
+from conftest import TINY_VIT, digits, run_cli
+from datasets import DatasetDict
 from evaluate.loading import evaluation_module_factory
-from sklearn.metrics import accuracy_score, f1_score, recall_score, top_k_accuracy_score
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    precision_recall_fscore_support,
+    recall_score,
+    top_k_accuracy_score,
+)
 from transformers import EvalPrediction
+from transformers.trainer_utils import PredictionOutput
 
+from hf_tl.cli.eval import parse_args
+from hf_tl.inference.evaluate import evaluate as evaluate_checkpoint
 from hf_tl.training.metrics import (
     MODULE,
+    PER_CLASS,
     classification_metrics,
     compute_metrics,
     confusion_counts,
     full_metrics,
+    named_per_class,
     top_k_hits,
 )
+from hf_tl.training.run import evaluate_split
 
 
 def random_logits(num_classes: int, rows: int = 500, seed: int = 0):
@@ -103,6 +118,90 @@ def test_compute_metrics_takes_the_mean_logits_of_a_two_head_model():
     result = compute_metrics(EvalPrediction(predictions=(mean, wrong, wrong), label_ids=references))
     assert result["accuracy"] == 1.0
     assert "per_class_accuracy" not in result
+    assert not set(PER_CLASS) & set(result)  # the Trainer logs scalars only
+    assert result["balanced_accuracy"] == 1.0
+
+
+def imbalanced_with_gaps(rows: int = 3000, seed: int = 0):
+    """8 classes: class 0 is most of the references, 5 and 7 never occur in them, 6 and 7 are never predicted."""
+    rng = np.random.default_rng(seed)
+    references = np.where(rng.random(rows) < 0.7, 0, rng.integers(1, 7, rows))
+    references[references == 5] = 4
+    logits = rng.normal(size=(rows, 8)) + 1.5 * np.eye(8)[references]
+    logits[:, 0] += 1.0  # a model leaning to the majority class: high accuracy, lower balanced accuracy
+    logits[:, 6:] -= 100.0
+    return logits.astype(np.float32), references
+
+
+def with_nan(values: list) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values])
+
+
+def test_balanced_accuracy_and_per_class_precision_recall_match_sklearn():
+    logits, references = imbalanced_with_gaps()
+    predicted = logits.argmax(1)
+    assert 5 in predicted and 6 in references and not {5, 7} & set(references) and not {6, 7} & set(predicted)
+    result = classification_metrics(logits, references)
+    assert result["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(references, predicted))
+    assert result["balanced_accuracy"] < result["accuracy"] - 0.1  # the imbalance shows
+    precision, recall, _, _ = precision_recall_fscore_support(
+        references, predicted, labels=range(8), average=None, zero_division=np.nan
+    )
+    np.testing.assert_allclose(with_nan(result["per_class_precision"]), precision)
+    np.testing.assert_allclose(with_nan(result["per_class_recall"]), recall)
+    assert [i for i, v in enumerate(result["per_class_precision"]) if v is None] == [6, 7]  # never predicted
+    assert [i for i, v in enumerate(result["per_class_recall"]) if v is None] == [5, 7]  # absent from the references
+    assert result["per_class_precision"][5] == 0.0 and result["per_class_recall"][6] == 0.0  # defined, and 0
+    assert result["per_class_recall"] == result["per_class_accuracy"]
+
+
+def test_named_per_class_keys_every_per_class_list_by_label():
+    result = classification_metrics(*random_logits(3, rows=60))
+    named = named_per_class(result, ["cat", "dog", "fox"])
+    for key in PER_CLASS:
+        assert named[key] == dict(zip(["cat", "dog", "fox"], result[key], strict=True)), key
+    assert {k: v for k, v in named.items() if k not in PER_CLASS} == {
+        k: v for k, v in result.items() if k not in PER_CLASS
+    }
+    assert isinstance(result["per_class_precision"], list)  # the input is left as it was
+
+
+def test_metrics_json_names_per_class_precision_and_recall_by_label():
+    """`evaluate_split` (metrics.json's `eval` and `train`), from what the Trainer's predict returns."""
+    logits, references = imbalanced_with_gaps(rows=300)
+    labels = [f"class_{i}" for i in range(8)]
+
+    class Predicts:  # the one Trainer method evaluate_split calls
+        def predict(self, dataset, metric_key_prefix):
+            return PredictionOutput(logits, references, {f"{metric_key_prefix}_loss": 0.5})
+
+    full = evaluate_split(Predicts(), None, labels, "eval")
+    expected = classification_metrics(logits, references)
+    for key in PER_CLASS:
+        assert full[key] == dict(zip(labels, expected[key], strict=True)), key
+    assert full["per_class_recall"]["class_5"] is None and full["per_class_precision"]["class_6"] is None
+    assert full["loss"] == 0.5 and full["balanced_accuracy"] == expected["balanced_accuracy"]
+
+
+def test_eval_json_names_per_class_precision_and_recall_by_label(tmp_path):
+    """`hf-tl eval`: the model's label names key every per-class list, as they key per-class accuracy."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    names = [f"digit_{i}" for i in range(5)]
+    torch.manual_seed(0)
+    config = ViTConfig(
+        **TINY_VIT, num_labels=5, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+    )
+    ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "vit")
+    DatasetDict({"test": digits(per_class=8)}).save_to_disk(str(tmp_path / "data"))
+    args = [f"model={tmp_path / 'vit'}", f"dataset={tmp_path / 'data'}", "split=test", f"output={tmp_path / 'out'}"]
+    metrics = evaluate_checkpoint(parse_args(args))["metrics"]
+    for key in PER_CLASS:
+        assert list(metrics[key]) == names, key
+    assert metrics["per_class_recall"] == metrics["per_class_accuracy"]
+    saved = json.loads((tmp_path / "out" / "eval.json").read_text())["metrics"]
+    assert saved["per_class_precision"] == metrics["per_class_precision"]
 
 
 @pytest.mark.parametrize("data", [random_logits(3), random_logits(10), tied_logits(10), tied_logits(40)])
@@ -140,7 +239,7 @@ def test_metrics_compute_where_nothing_can_be_written_under_hf_home(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     full, scalars = json.loads(done.stdout)
     assert full == full_metrics(logits, references)
-    assert scalars == {k: v for k, v in full.items() if k != "per_class_accuracy"}
+    assert scalars == {k: v for k, v in full.items() if k not in PER_CLASS}
 
 
 def plant_empty_module_copy(hf_home) -> None:

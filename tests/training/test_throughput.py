@@ -6,8 +6,9 @@ import torch
 
 from hf_tl.config.recipe import load_recipe
 from hf_tl.models.loading import load_backbone
+from hf_tl.training.arguments import training_arguments
 from hf_tl.training.run import build_trainer
-from hf_tl.training.trainer import training_arguments, use_channels_last
+from hf_tl.training.trainer import use_channels_last
 
 
 def recipe(model_dir, data_dir, out, *overrides):

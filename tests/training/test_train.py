@@ -213,7 +213,7 @@ def test_early_stopping_stops_when_accuracy_stops_improving(tiny_vit, digits_dir
 
 
 def test_training_section_reaches_the_trainer(tmp_path):
-    from hf_tl.training.trainer import training_arguments
+    from hf_tl.training.arguments import training_arguments
 
     recipe = load_recipe(
         "quickstart",
@@ -271,7 +271,7 @@ def test_resnet_keeps_its_flatten_head_and_frozen_batchnorm_statistics(kind, tin
 
 def test_gradient_accumulation_gives_the_step_of_the_whole_batch(tiny_deit, digits_dir, tmp_path):
     """The loss is normalised by the Trainer's item count: 2 x 8 accumulated equals one batch of 16."""
-    common = ("training.max_steps=1", "data.hflip=false", "training.warmup_ratio=0", "training.lr=1e-2")
+    common = ("training.max_steps=1", "data.augment=none", "training.warmup_ratio=0", "training.lr=1e-2")
     whole = run(tiny_recipe(tiny_deit, digits_dir, tmp_path / "a", "last_block", *common, "training.batch_size=16"))
     accumulated = run(
         tiny_recipe(

@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader
 from transformers import TrainingArguments
 
 from hf_tl import progress
-from hf_tl.config.recipe import Recipe
+from hf_tl.config.recipe import Recipe, random_inputs
 from hf_tl.data.datasets import Splits, collate_images, image_transform
 from hf_tl.data.preprocess import Preprocess, to_device
 from hf_tl.errors import HfTlError
@@ -220,6 +220,8 @@ def prepare(source: Source, recipe: Recipe, splits: Splits) -> FeatureCache | No
 def _prepare(source: Source, recipe: Recipe, splits: Splits, mode: str) -> FeatureCache | None:
     started = time.perf_counter()
     try:
+        if reason := random_input_reason(recipe):
+            raise NotCacheable(reason)
         if recipe.strategy.kind not in CACHEABLE:
             raise NotCacheable(
                 f"strategy {recipe.strategy.kind} trains inside every block (cached: {', '.join(CACHEABLE)})"
@@ -261,8 +263,27 @@ def _prepare(source: Source, recipe: Recipe, splits: Splits, mode: str) -> Featu
     return cache
 
 
+def random_input_reason(recipe: Recipe) -> str | None:
+    """Why the cache cannot hold this run's inputs: a random augmentation or mixing; None where it can."""
+    random = random_inputs(recipe)
+    if not random:
+        return None
+    return f"{' and '.join(random)} {'change' if len(random) > 1 else 'changes'} the images at every step"
+
+
+def off_report(recipe: Recipe) -> dict:
+    """metrics.json's `feature_cache` where the cache is off; with the reason when the augmentation turned it off."""
+    reason = random_input_reason(recipe) if recipe.training.cache_features == "auto" else None
+    return {"used": False, "reason": reason} if reason else {"used": False}
+
+
+def views_of(recipe: Recipe) -> int:
+    """Training views cached per image: both flips under data.augment=flip, else the image as it is."""
+    return 2 if recipe.data.augment == "flip" else 1
+
+
 def _plan(source: Source, recipe: Recipe, splits: Splits) -> Plan:
-    views = 2 if recipe.data.hflip else 1
+    views = views_of(recipe)
     cached = source.drawn_rows()
     dtype = _dtype(recipe, source.device)
     key = _key(source, recipe, splits, dtype, views, cached)
@@ -653,7 +674,7 @@ def _fill(
     """
     model, device = source.model, source.device
     train = splits.train if cached is None else splits.train.select(cached)
-    views = 2 if recipe.data.hflip else 1
+    views = views_of(recipe)
     batch_size = recipe.training.eval_batch_size or recipe.training.batch_size
     autocast = _dtype(recipe, device)
     workers = source.args.dataloader_num_workers

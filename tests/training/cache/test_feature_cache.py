@@ -73,7 +73,7 @@ def assert_same_run(cached, uncached):
     ("family", "strategy", "entries"),
     [
         ("vit", ["strategy.kind=last_block"], ["vit.layers.2"]),  # with horizontal flip: two cached views
-        ("vit", ["strategy.kind=last_k", "strategy.blocks=2", "data.hflip=false"], ["vit.layers.1"]),
+        ("vit", ["strategy.kind=last_k", "strategy.blocks=2", "data.augment=none"], ["vit.layers.1"]),
         ("deit", ["strategy.kind=linear_probe"], ["cls_classifier", "distillation_classifier"]),
         ("resnet", ["strategy.kind=last_block"], ["resnet.encoder.stages.1"]),  # frozen BatchNorm before the cut
         ("cait", ["strategy.kind=last_block", "model.head=mlp"], ["timm_model.blocks_token_only.1"]),
@@ -113,7 +113,7 @@ def test_disk_store_is_reused_and_any_change_of_preprocessing_rebuilds_it(tiny_v
     assert len(store_folders()) == 1
     assert_same_run(again, first)
 
-    for change in ("data.interpolation=bicubic", "data.image_mean=[0.4,0.4,0.4]", "data.hflip=false"):
+    for change in ("data.interpolation=bicubic", "data.image_mean=[0.4,0.4,0.4]", "data.augment=none"):
         train(tiny_vit, digits, tmp_path / change.split("=")[0], *args, change)
         assert "reusing" not in capsys.readouterr().out, change
     assert len(store_folders()) == 4
@@ -404,7 +404,7 @@ def test_auto_skips_the_cache_where_it_would_cost_more_than_it_saves(tiny_vit, d
     metrics, _ = train(tiny_vit, digits, tmp_path / "a", *args)
     assert metrics["feature_cache"] == {"used": False}
     assert "images, 72 without it (1 epoch(s), 2 views per training image): no saving" in capsys.readouterr().out
-    metrics, _ = train(tiny_vit, digits, tmp_path / "b", *args, "data.hflip=false")
+    metrics, _ = train(tiny_vit, digits, tmp_path / "b", *args, "data.augment=none")
     assert metrics["feature_cache"]["used"]
     metrics, _ = train(tiny_vit, digits, tmp_path / "c", *args[:2])  # with train-set metrics: 108 against 120
     assert metrics["feature_cache"]["used"]
