@@ -19,7 +19,7 @@ from typing import Any
 from transformers import Trainer, TrainingArguments
 
 from hf_tl import device
-from hf_tl.config.recipe import OPTIMIZERS, SECTIONS, Recipe, did_you_mean
+from hf_tl.config.recipe import OPTIMIZERS, SECTIONS, Recipe, TrainingSection, did_you_mean
 from hf_tl.errors import RecipeError
 from hf_tl.runs.folder import CHECKPOINTS_DIR
 
@@ -28,7 +28,7 @@ def training_arguments(recipe: Recipe, checkpoints_dir: Path) -> TrainingArgumen
     """hf_tl's arguments from the recipe's keys, with training.args (checked by `check_trainer_keys`) over them."""
     t = recipe.training
     workers = device.loader_workers(recipe.data.num_workers)
-    given = dict(t.args)
+    given = as_written(t.args)
     own = dict(
         output_dir=str(checkpoints_dir),
         num_train_epochs=t.epochs,
@@ -63,19 +63,27 @@ def training_arguments(recipe: Recipe, checkpoints_dir: Path) -> TrainingArgumen
     return TrainingArguments(**{**own, **_evaluation_schedule(given, t.logging_steps), **given})
 
 
+# The strategy fields that take "no", which YAML reads as False when it is written unquoted.
+_INTERVAL_FIELDS = ("eval_strategy", "save_strategy", "logging_strategy")
+
+
+def as_written(args: dict[str, Any]) -> dict[str, Any]:
+    """training.args with an unquoted `no` (False to YAML and OmegaConf) back to the strategy name "no"."""
+    return {key: "no" if key in _INTERVAL_FIELDS and value is False else value for key, value in args.items()}
+
+
 def _evaluation_schedule(given: dict[str, Any], logging_steps: int) -> dict[str, Any]:
     """Evaluate, and keep the best model by accuracy, every epoch unless training.args says otherwise.
 
     load_best_model_at_end needs a checkpoint at each evaluation, so saves follow the evaluations unless
-    save_strategy is given (the Trainer evaluates every logging_steps when eval_steps is unset). A
-    metric_for_best_model given alone lets transformers decide its direction (lower is better for a loss).
+    save_strategy is given (the Trainer evaluates every logging_steps when eval_steps is unset).
     """
     evaluation = str(given.get("eval_strategy", "epoch"))
     schedule = {
         "eval_strategy": evaluation,
         "save_strategy": evaluation,
         "metric_for_best_model": "accuracy",
-        "greater_is_better": None if "metric_for_best_model" in given else True,
+        "greater_is_better": True,
     }
     if evaluation == "steps" and "save_steps" not in given:
         schedule["save_steps"] = given.get("eval_steps") or logging_steps
@@ -84,6 +92,8 @@ def _evaluation_schedule(given: dict[str, Any], logging_steps: int) -> dict[str,
 
 # TrainingArguments fields hf_tl sets itself, refused in training.args: field -> (why, the recipe key that sets it).
 _HUB = "it pushes the finished run folder, not the Trainer's checkpoints"
+_BEST = "model/ is the checkpoint with the best validation accuracy"
+_WHOLE = "its metrics take the whole evaluation's logits and labels at once"
 OWNED_ARGUMENTS: dict[str, tuple[str, str | None]] = {
     "output_dir": ("the checkpoints live in the run folder", "output.dir"),
     "num_train_epochs": ("", "training.epochs"),
@@ -131,6 +141,11 @@ OWNED_ARGUMENTS: dict[str, tuple[str, str | None]] = {
     "save_only_model": ("a checkpoint without optimizer, scheduler and RNG states cannot resume", None),
     "prediction_loss_only": ("its metrics and the choice of the best checkpoint need the predictions", None),
     "batch_eval_metrics": ("its metrics take the whole evaluation at once", None),
+    "load_best_model_at_end": (_BEST, None),
+    "metric_for_best_model": (_BEST, None),
+    "greater_is_better": (_BEST, None),
+    "include_for_metrics": (f"{_WHOLE}; the Trainer would read inputs its batches do not hold", None),
+    "eval_do_concat_batches": (_WHOLE, None),
     "dataloader_drop_last": ("it counts the schedule recorded in metrics.json with every batch kept", None),
 }
 # training.report_to names: transformers' check that one is installed, and what installs it.
@@ -161,15 +176,18 @@ def check_trainer_keys(recipe: Recipe) -> None:
     t = recipe.training
     _check_trackers(t.report_to)
     _check_optimizer_name(t.optimizer)
-    for key, value in t.args.items():
+    _check_optimizer_groups(t)
+    given = as_written(t.args)
+    for key, value in given.items():
         _check_argument(key, value)
+    _check_schedule(given)
     try:
         with warnings.catch_warnings():  # the run itself warns (a deprecated name, ...); the check stays quiet
             warnings.simplefilter("ignore")
             args = training_arguments(recipe, Path(CHECKPOINTS_DIR))
     except (ValueError, TypeError) as e:
-        given = f" with training.args={dict(t.args)}" if t.args else ""
-        raise RecipeError(f"the Trainer's arguments do not build{given}: {e}") from None
+        shown = f" with training.args={given}" if given else ""
+        raise RecipeError(f"the Trainer's arguments do not build{shown}: {e}") from None
     _check_optimizer_installed(t.optimizer, args)
 
 
@@ -196,6 +214,51 @@ def _check_optimizer_name(name: str) -> None:
         raise RecipeError(
             f"recipe key 'training.optimizer' got '{name}', which is not one of transformers' optimizers."
             f"{did_you_mean(name, known)} Usual: {', '.join(OPTIMIZERS)}; all: {', '.join(known)}."
+        )
+
+
+def _check_optimizer_groups(t: TrainingSection) -> None:
+    """layer_decay and head_lr hand hf_tl's parameter groups to the optimizer class itself
+    (HfTlTrainer.create_optimizer), which skips transformers' own set-up of the optimizers beyond the five."""
+    if t.optimizer in OPTIMIZERS:
+        return
+    for key in ("layer_decay", "head_lr"):
+        value = getattr(t, key)
+        if value is not None:
+            raise RecipeError(
+                f"recipe key 'training.{key}' got {value}, which does not go with training.optimizer={t.optimizer}: "
+                "hf_tl builds the layer-wise parameter groups and calls the optimizer class itself, skipping "
+                "transformers' own set-up of the optimizers beyond its five (GaLore, LOMO, 8-bit, schedule-free). "
+                f"Use training.optimizer={' or '.join(OPTIMIZERS)}, or drop training.{key}."
+            )
+
+
+def _check_schedule(given: dict[str, Any]) -> None:
+    """hf_tl keeps the checkpoint with the best validation accuracy and resumes from checkpoints, so it evaluates
+    and saves; an eval_steps or save_steps that transformers would silently ignore is named."""
+    evaluation = str(given.get("eval_strategy", "epoch"))
+    save = str(given.get("save_strategy", evaluation))
+    if evaluation == "no":
+        raise RecipeError(
+            "recipe key 'training.args.eval_strategy' got 'no', but hf_tl keeps the checkpoint with the best "
+            "validation accuracy as model/, so it evaluates: leave it unset (epoch) or give "
+            "training.args.eval_strategy=steps with training.args.eval_steps=N."
+        )
+    if save in ("no", "best"):
+        raise RecipeError(
+            f"recipe key 'training.args.save_strategy' got '{save}', but hf_tl keeps the best checkpoint and "
+            "resumes from checkpoints, so it saves at every evaluation: leave training.args.save_strategy unset "
+            "(it follows training.args.eval_strategy)."
+        )
+    if given.get("eval_steps") is not None and evaluation != "steps":
+        raise RecipeError(
+            f"recipe key 'training.args.eval_steps' got {given['eval_steps']!r}, which transformers ignores "
+            f"with eval_strategy '{evaluation}': add training.args.eval_strategy=steps."
+        )
+    if given.get("save_steps") is not None and "steps" not in (evaluation, save):
+        raise RecipeError(
+            f"recipe key 'training.args.save_steps' got {given['save_steps']!r}, which transformers ignores "
+            f"with save_strategy '{save}': add training.args.eval_strategy=steps (saves follow the evaluations)."
         )
 
 
