@@ -27,7 +27,7 @@ from datasets import (
     load_from_disk,
 )
 
-from hf_tl.config.recipe import DataSection
+from hf_tl.config.recipe import SLICE_FORMS, DataSection
 from hf_tl.data.image_check import drop_or_refuse_bad_images
 from hf_tl.data.preprocess import Preprocess, to_uint8
 from hf_tl.data.processors import checked_preprocess
@@ -37,7 +37,6 @@ LABEL_NAMES = ("label", "labels", "class")  # a label column found by its name w
 HELD_OUT = "held out"
 VALIDATION = "validation"  # the split name eval takes for a run's held-out validation split
 SIZE_SAMPLE = 64  # training images whose sizes decide data.resize=auto
-SLICE_FORMS = "train[:10%], validation[:500], train[10:20], train[80%:], train[:50%]+test"
 
 
 @dataclass
@@ -54,7 +53,7 @@ class Splits:
 def load_splits(cfg: DataSection, seed: int) -> Splits:
     """Train and eval sets with a ClassLabel label column; eval is seeded-split from train if absent."""
     dataset = open_dataset(cfg)
-    train = _split(dataset, cfg.train_split, "data.train_split", cfg.dataset)
+    train = select_split(dataset, cfg.train_split, "data.train_split", cfg.dataset)
     image_column, label_column = detect_columns(train, cfg)
     skipped: dict[str, int] = {}
     # Every image is decoded once before training. A run capped by max_*_samples checks only what it keeps,
@@ -71,7 +70,7 @@ def load_splits(cfg: DataSection, seed: int) -> Splits:
     train = _as_class_label(train if capped else readable(train, cfg.train_split), label_column)
     _check_apart(dataset, cfg)
     if cfg.eval_split:
-        eval_set, eval_name = _split(dataset, cfg.eval_split, "data.eval_split", cfg.dataset), cfg.eval_split
+        eval_set, eval_name = select_split(dataset, cfg.eval_split, "data.eval_split", cfg.dataset), cfg.eval_split
         eval_source = eval_name
     elif "validation" in dataset:
         eval_set, eval_name = dataset["validation"], "validation"
@@ -363,8 +362,11 @@ def collate_images(examples: list[dict]) -> dict[str, Any]:
     return batch
 
 
-def _split(dataset: DatasetDict, name: str, key: str, source: str) -> Dataset:
-    """A split by name, or the rows a slice of datasets' own syntax names (train[:10%], validation[:500])."""
+def select_split(dataset: DatasetDict, name: str, key: str, source: str) -> Dataset:
+    """A split by name, or the rows a slice of datasets' own syntax names (train[:10%], validation[:500]).
+
+    The one reading of a split spec: training takes its splits through it, and eval takes a run's recorded one.
+    """
     parts = [(dataset[split], rows) for split, rows in _rows_of(dataset, name, key)]
     for examples, _ in parts:
         if len(examples) == 0:
@@ -408,15 +410,17 @@ def _check_apart(dataset: DatasetDict, cfg: DataSection) -> None:
             f"data.eval_split and data.train_split are both '{cfg.train_split}': "
             "validation would see the training images."
         )
-    if not cfg.eval_split:
-        return
+    eval_split = cfg.eval_split or (VALIDATION if VALIDATION in dataset else None)  # the one load_splits takes
+    if not eval_split:
+        return  # validation is held out of the training rows
     train = _rows_of(dataset, cfg.train_split, "data.train_split")
-    evaluation = _rows_of(dataset, cfg.eval_split, "data.eval_split")
+    evaluation = _rows_of(dataset, eval_split, "data.eval_split")
     for split, rows in train:
         shared = [r for s, r in evaluation if s == split and range(max(rows.start, r.start), min(rows.stop, r.stop))]
         if shared:
+            given = f"data.eval_split='{eval_split}'" if cfg.eval_split else f"the '{eval_split}' split (the default)"
             raise DataError(
-                f"data.eval_split='{cfg.eval_split}' and data.train_split='{cfg.train_split}' share rows of the "
+                f"{given} and data.train_split='{cfg.train_split}' share rows of the "
                 f"split '{split}': validation would see training images. Give them disjoint slices, e.g. "
                 f"{split}[:80%] and {split}[80%:]."
             )

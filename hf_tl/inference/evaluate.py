@@ -42,6 +42,7 @@ EVAL_FILE = "eval.json"
 LABEL_MODES = ("by_name", "by_index")
 
 
+@progress.with_library_bars
 def evaluate(args: EvalArgs) -> dict:
     """Evaluate `args.model` on `args.dataset`'s split; write eval.json and the confusion matrix; return eval.json."""
     args.model = resolve_model(args.model)  # a run folder stands for its model/
@@ -225,7 +226,7 @@ def _read_as_the_run_did(args: EvalArgs) -> Recipe | None:
 
 def _load_split(args: EvalArgs, recipe: Recipe | None) -> tuple[Dataset, str]:
     """The split to evaluate and its name; `validation` of a run that held one out is carved again, as it was."""
-    splits = open_dataset(_data_section(args))
+    splits = open_dataset(_data_section(args, recipe))
     if args.split == VALIDATION and args.split not in splits and recipe is None:  # only now is the recipe needed
         splits_here = f"split= one of the splits of '{args.dataset}': {', '.join(splits)}"
         needed_for = "carving the run's held-out split=validation again"
@@ -251,7 +252,7 @@ def _split_hint(args: EvalArgs, recipe: Recipe | None) -> str:
 def _held_out_validation(recipe: Recipe, args: EvalArgs) -> tuple[Dataset, str]:
     """The run's own validation split: its data settings and seed, on `args.dataset`, through training's code."""
     settings = _run_settings_unless_given(args, recipe.data)
-    revision = recipe.data.revision if args.dataset == recipe.data.dataset else None  # a copy has no Hub revision
+    revision = runs_revision(recipe, args.dataset)  # a local copy has no Hub revision
     data = dataclasses.replace(recipe.data, dataset=args.dataset, revision=revision, **settings)
     splits = load_splits(data, recipe.training.seed)
     if not is_held_out(splits.eval_split):
@@ -269,9 +270,17 @@ def _run_settings_unless_given(args: EvalArgs, data: DataSection) -> dict[str, s
     return {key: getattr(args, key) or getattr(data, key) for key in ("config_name", "image_column", "label_column")}
 
 
-def _data_section(args: EvalArgs) -> DataSection:
+def runs_revision(recipe: Recipe | None, dataset: str) -> str | None:
+    """The Hub revision the run pinned (data.revision), when `dataset` is the run's own Hub id: eval reads the
+    rows the run read. Another dataset, a local copy included, has no revision of the run's."""
+    return recipe.data.revision if recipe is not None and dataset == recipe.data.dataset else None
+
+
+def _data_section(args: EvalArgs, recipe: Recipe | None = None) -> DataSection:
+    """The dataset to evaluate as training's loader reads it, at the run's revision when it is the run's own."""
     return DataSection(
         dataset=args.dataset,
+        revision=runs_revision(recipe, args.dataset),
         config_name=args.config_name,
         image_column=args.image_column,
         label_column=args.label_column,

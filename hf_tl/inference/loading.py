@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
 from hf_tl.config.recipe import ModelSection
-from hf_tl.data.datasets import collate_images, image_transform
+from hf_tl.data.datasets import collate_images, image_transform, select_split
 from hf_tl.device import loader_workers
 from hf_tl.errors import DataError
 from hf_tl.models.loading import load_model, load_processor
@@ -32,11 +32,16 @@ def load_for_inference(source: ModelSection, device: torch.device) -> tuple[PreT
 
 def pick_split(splits: DatasetDict, split: str | None, dataset: str, hint: str = "") -> tuple[Dataset, str]:
     """Split `split`, or when it is None the first of test, validation, train there is (else the first);
-    one that is not there is an error listing the splits, with `hint` after it."""
+    one that is not there is an error listing the splits, with `hint` after it.
+
+    A slice (validation[:500], train[:10%]+test) is read by training's own `select_split`, so a run that
+    recorded one as its eval split is evaluated on exactly those rows."""
     name = split if split is not None else next((s for s in SPLIT_PREFERENCE if s in splits), next(iter(splits)))
-    if name not in splits:
-        raise DataError(f"split='{name}' is not a split of '{dataset}'. Splits: {', '.join(splits)}{hint}")
-    return splits[name], name
+    if name in splits:
+        return splits[name], name
+    if "[" in name or "+" in name:
+        return select_split(splits, name, "split", dataset), name
+    raise DataError(f"split='{name}' is not a split of '{dataset}'. Splits: {', '.join(splits)}{hint}")
 
 
 def inference_loader(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -367,3 +368,76 @@ def test_a_recipe_yaml_hf_tl_cannot_read_stops_only_what_needs_it(size_run, tmp_
         "and carving the run's held-out split=validation again needs it; "
         f"pass split= one of the splits of '{size_run.data}': train, test."
     )
+
+
+SLICE = "test[10:70]"  # a slice of datasets' own syntax, as data.eval_split=validation[:500] is
+
+
+@pytest.fixture(scope="module")
+def sliced_run(tiny_vit, digits_splits_dir, tmp_path_factory):
+    """A two-step run validated on a slice of the test split: metrics.json and the card record the slice."""
+    run_dir = tmp_path_factory.mktemp("sliced-run") / "run"
+    overrides = [f"data.dataset={digits_splits_dir}", f"data.eval_split={SLICE}", "training.max_steps=2"]
+    recipe = load_recipe("quickstart", [f"model.name={tiny_vit}", *overrides, f"output.dir={run_dir}"])
+    run(recipe)
+    return SimpleNamespace(run_dir=run_dir, metrics=json.loads((run_dir / "metrics.json").read_text()))
+
+
+def test_a_sliced_eval_split_is_evaluated_on_the_rows_the_run_validated_on(sliced_run, digits_splits_dir, tmp_path):
+    """The card's own eval command names the slice; eval reads it as training did, and reproduces the run."""
+    from hf_tl.hub.download import eval_command
+
+    assert sliced_run.metrics["eval_split"] == SLICE
+    words = shlex.split(eval_command(sliced_run.run_dir))[3:]  # after `python -m hf_tl.eval`
+    assert f"split={SLICE}" in words
+    for result in (
+        evaluate(parse_args([*words, f"output={tmp_path / 'card'}"])),
+        evaluate(args_for(sliced_run.run_dir, digits_splits_dir, tmp_path / "given", f"split={SLICE}")),
+    ):
+        assert (result["split"], result["num_examples"]) == (SLICE, sliced_run.metrics["num_eval_examples"])
+        assert result["num_examples"] == 60
+        assert result["metrics"]["accuracy"] == sliced_run.metrics["eval"]["accuracy"]
+        assert result["card"]["compared"]["accuracy"]["difference"] == 0
+    with pytest.raises(DataError, match=r"split='test\[10:70\]\+nope' is not a split of this dataset"):
+        evaluate(args_for(sliced_run.run_dir, digits_splits_dir, tmp_path / "bad", f"split={SLICE}+nope"))
+
+
+def pinned(run_dir: Path, dest: Path) -> Path:
+    """A copy of the run folder whose recipe says it trained on the Hub dataset alice/digits pinned at v1.0."""
+    shutil.copytree(run_dir, dest)
+    recipe = yaml.safe_load((dest / "recipe.yaml").read_text())
+    recipe["data"].update(dataset="alice/digits", revision="v1.0")
+    (dest / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return dest
+
+
+def test_the_runs_pinned_revision_goes_with_its_own_hub_dataset_only(tmp_path):
+    from hf_tl.inference.evaluate import _data_section, runs_revision
+
+    recipe = load_recipe("quickstart", ["data.dataset=alice/digits", "data.revision=v1.0"])
+    for dataset, revision in (("alice/digits", "v1.0"), ("bob/digits", None), (str(tmp_path), None)):
+        assert runs_revision(recipe, dataset) == revision
+        assert _data_section(parse_args(["model=m", f"dataset={dataset}"]), recipe).revision == revision
+    assert runs_revision(None, "alice/digits") is None
+
+
+def test_eval_reads_the_runs_hub_dataset_at_its_pinned_revision(sliced_run, digits_splits_dir, tmp_path, monkeypatch):
+    """The run's own Hub dataset (taken by default, or named) is loaded at data.revision; a local copy given
+    instead has no revision, and none is passed (open_dataset refuses a revision for a folder)."""
+    import hf_tl.data.datasets as datasets_module
+
+    calls = []
+
+    def load_dataset(path, name=None, **kwargs):  # the Hub, recorded, served by a local copy (no network here)
+        calls.append({"path": path, "name": name, **kwargs})
+        return load_from_disk(str(digits_splits_dir))
+
+    monkeypatch.setattr(datasets_module, "load_dataset", load_dataset)
+    run_dir = pinned(sliced_run.run_dir, tmp_path / "run")
+    for given in ([], ["dataset=alice/digits"]):
+        out = tmp_path / f"eval{len(given)}"
+        result = evaluate(parse_args([f"model={run_dir}", *given, f"split={SLICE}", f"output={out}"]))
+        assert calls.pop() == {"path": "alice/digits", "name": None, "revision": "v1.0"}
+        assert result["metrics"]["accuracy"] == sliced_run.metrics["eval"]["accuracy"]
+    copy = evaluate(args_for(run_dir, digits_splits_dir, tmp_path / "copy", f"split={SLICE}"))
+    assert calls == [] and copy["metrics"]["accuracy"] == sliced_run.metrics["eval"]["accuracy"]
