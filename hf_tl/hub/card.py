@@ -113,7 +113,8 @@ def render_card(run_dir: Path, repo_id: str | None = None) -> ModelCard:
         # per-epoch sums: right after a resume too, when the wall clock saw only the last stretch
         "train_wall": f"{sum(metrics.get('timings', {}).get('train_seconds_per_epoch', [])):.1f} s",
         "hyper_parameters": _hyper_parameter_rows(recipe, metrics.get("preprocessing")),
-        "epochs": _epoch_rows(metrics.get("timings", {}), history),
+        "per_step": _evaluates_per_step(recipe),
+        "epochs": _evaluation_rows(recipe, metrics.get("timings", {}), history),
         "per_class": _per_class_rows(metrics),
         "reproduce": _reproduce(repo_id, metrics.get("device", {}).get("num_processes", 1)),
         "local_sources": ", ".join(
@@ -301,6 +302,36 @@ def _hyper_parameter_rows(recipe: dict, preprocessing: dict | None = None) -> li
             value = f"auto: {preprocessing['resize']}"
         shown = json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else value
         rows.append({"key": f"{section}.{key}", "value": esc(shown)})
+    return rows
+
+
+def _evaluates_per_step(recipe: dict) -> bool:
+    args = (recipe.get("training") or {}).get("args") or {}
+    return str(args.get("eval_strategy", "epoch")) == "steps"
+
+
+def _evaluation_rows(recipe: dict, timings: dict, history: list[dict]) -> list[dict]:
+    """The card's table: a row per epoch, or under eval_strategy=steps a row per evaluation (an epoch has several, or
+    none), since pairing evaluation i with epoch i's seconds would mix evaluations and epochs."""
+    return _step_rows(history) if _evaluates_per_step(recipe) else _epoch_rows(timings, history)
+
+
+def _step_rows(history: list[dict]) -> list[dict]:
+    """Each evaluation during training: its step and epoch, the last training loss logged since the previous
+    evaluation (as the epoch table's), its validation loss and accuracy."""
+    rows, previous = [], 0
+    for at in (h for h in history if "eval_accuracy" in h):
+        logged = [h["loss"] for h in history if "loss" in h and previous < h.get("step", 0) <= at["step"]]
+        rows.append(
+            {
+                "step": at["step"],
+                "epoch": _number(round(at["epoch"], 2), "g"),
+                "train_loss": _number(logged[-1] if logged else None),
+                "eval_loss": _number(at.get("eval_loss")),
+                "eval_accuracy": _number(at.get("eval_accuracy")),
+            }
+        )
+        previous = at["step"]
     return rows
 
 
