@@ -8,12 +8,13 @@ there a bar is only carriage returns and escape codes. `HF_TL_PROGRESS=1` forces
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import Any, ParamSpec, TextIO, TypeVar
 
 import datasets
 from huggingface_hub import constants as hub_constants
@@ -23,6 +24,9 @@ from transformers.utils import is_in_notebook
 from transformers.utils import logging as transformers_logging
 
 from hf_tl.errors import is_main_process
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 FORCE_ENV = "HF_TL_PROGRESS"  # 1: bars even in a log file; 0: never
 HUB_ENV = "HF_HUB_DISABLE_PROGRESS_BARS"
@@ -92,6 +96,17 @@ def library_bars() -> Iterator[None]:
     finally:
         if datasets_on:
             datasets.enable_progress_bars()
+
+
+def with_library_bars(command: Callable[P, R]) -> Callable[P, R]:
+    """A command whose datasets, transformers and Hub bars follow hf_tl's (`library_bars`): none in a log file."""
+
+    @functools.wraps(command)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        with library_bars():
+            return command(*args, **kwargs)
+
+    return wrapped
 
 
 def _set_hub_bars(on: bool) -> None:

@@ -47,6 +47,7 @@ ESTIMATOR = (
 )
 
 
+@progress.with_library_bars
 def run_cka(args: CkaArgs) -> dict:
     """Compare every layer of model_a with every layer of model_b on the same images; write the matrix and heatmap."""
     args.model_a = resolve_model(args.model_a)
@@ -108,6 +109,7 @@ def _write_cka(found: LayerCKA, result: dict, output: Path, args: CkaArgs) -> No
     print(f"  wrote {output / CKA_NPY}, {output / CKA_JSON} and {output / CKA_PNG}")
 
 
+@progress.with_library_bars
 def run_attention_distance(args: DistanceArgs) -> dict:
     """Mean attention distance of every head of every layer, averaged over the images; write JSON and the plot."""
     args.model = resolve_model(args.model)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hf_tl.cli.arguments import recipe_help, wants_help
 from hf_tl.cli.launch import LAUNCH_HELP, launch, split_launch_flags, wants_launcher
-from hf_tl.config.recipe import Recipe, recipe_from_argv, sets_trainer_keys
+from hf_tl.config.recipe import Recipe, check_resume, recipe_from_argv, sets_trainer_keys
 from hf_tl.errors import cli
 from hf_tl.runs.folder import check_writable
 
@@ -23,6 +23,7 @@ def checked_recipe(argv: list[str]) -> Recipe:
     """The recipe, and its output folder when it names one, checked before torch is imported: a mistyped key or
     a folder that cannot be written is answered in a fraction of a second."""
     recipe = recipe_from_argv(argv)
+    check_resume(recipe.training)
     _check_trainer_keys(recipe)
     one_process = os.environ.get("WORLD_SIZE", "1") == "1"  # ranks of a launch: the run's main process checks it
     if recipe.output.dir and one_process:

@@ -38,6 +38,7 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "adafactor")
 SWITCHES = ("auto", "true", "false")
 INTERPOLATION_CHOICES = ("bilinear", "bicubic", "nearest")  # the resize filters hf_tl runs batched
 AUGMENTS = ("none", "flip", "crop_flip", "trivialaugment")  # data.augment, run on the device (hf_tl.data.augment)
+SLICE_FORMS = "train[:10%], validation[:500], train[10:20], train[80%:], train[:50%]+test"  # datasets' syntax
 RANDOM_AUGMENTS = ("crop_flip", "trivialaugment")  # new pixels at every step: no feature cache
 # Keys that were renamed or replaced: the unknown-key error says what to write instead.
 RENAMED_KEYS = {
@@ -96,9 +97,12 @@ class DataSection:
     revision: Optional[str] = option(
         None, "Hub revision (branch, tag or commit) of a Hub dataset: pins it, as model.revision pins the model."
     )
-    train_split: str = option("train", "Split to train on.")
+    train_split: str = option(
+        "train", "Split to train on, or a slice of one in datasets' syntax, e.g. train[:10%] or train[:80%]."
+    )
     eval_split: Optional[str] = option(
-        None, "Split to validate on; default 'validation', else a seeded split of train."
+        None,
+        "Split (or slice, e.g. validation[:500]) to validate on; default 'validation', else a seeded split of train.",
     )
     val_fraction: float = option(0.1, "Share of train held out when the dataset has no validation split.", min=0.0)
     image_column: Optional[str] = option(None, "Image column; detected from the features when unset.")
@@ -411,6 +415,8 @@ def _check_values(recipe: Recipe) -> None:
         setattr(recipe.training, key, str(getattr(recipe.training, key)).lower())
     for section_name in SECTIONS:
         check_options(getattr(recipe, section_name), f"{section_name}.")
+    if recipe.data.resize == "direct" and recipe.data.interpolation is None:
+        recipe.data.interpolation = "bilinear"  # what direct means by default, written out: the same run either way
     decay = recipe.training.layer_decay
     if decay is not None and not 0 < decay <= 1:
         raise RecipeError(
@@ -437,7 +443,7 @@ def _check_values(recipe: Recipe) -> None:
         raise RecipeError("hub.push=true needs hub.repo_id=user/name.")
     _check_something_trains(recipe.training)
     check_scheduler_kwargs(recipe.training)
-    _check_resume(recipe.training)
+    _check_split_specs(recipe.data)
     _check_cacheable(recipe)
 
 
@@ -535,8 +541,11 @@ def check_scheduler_kwargs(t: TrainingSection) -> None:
 RESUME_CHOICES = ("auto", "never")  # or a checkpoint folder's path
 
 
-def _check_resume(t: TrainingSection) -> None:
-    """training.resume=PATH names a checkpoint folder: one the Trainer can read a state from (damage: at the run)."""
+def check_resume(t: TrainingSection) -> None:
+    """training.resume=PATH names a checkpoint folder: one the Trainer can read a state from (damage: at the run).
+
+    Checked where a run starts (`hf-tl train`, `run`), not when any recipe is read: a run folder's recipe.yaml read
+    later (by eval, report, a sweep) must not depend on a checkpoint that has since gone."""
     if t.resume in RESUME_CHOICES:
         return
     folder = Path(t.resume)
@@ -551,6 +560,24 @@ def _check_resume(t: TrainingSection) -> None:
             f"recipe key 'training.resume' got '{t.resume}', which is not a checkpoint (no trainer_state.json).{hint} "
             f"{takes}"
         )
+
+
+def _check_split_specs(data: DataSection) -> None:
+    """A slice (`train[:10%]`) is parsed by datasets' own parser before any work; whether its split exists is known
+    only once the dataset is open."""
+    for key in ("train_split", "eval_split"):
+        spec = getattr(data, key)
+        if not spec or ("[" not in spec and "+" not in spec):
+            continue
+        from datasets import ReadInstruction  # only for a slice: datasets is slow to import
+
+        try:
+            ReadInstruction.from_spec(spec)
+        except (ValueError, AssertionError) as e:
+            raise RecipeError(
+                f"recipe key 'data.{key}' got '{spec}', which is not a valid slice ({e}). A slice is written as "
+                f"datasets writes it: {SLICE_FORMS}."
+            ) from None
 
 
 def sets_trainer_keys(t: TrainingSection) -> bool:
@@ -613,7 +640,12 @@ def _bad_type_message(full_key: str, value: Any) -> str:
     expected = type_name(types.get(key, "mapping of keys"))
     if key in types and "Optional" in str(types[key]):
         expected += " (or null)"
-    return f"recipe key '{full_key}' got {value!r}, which is not a valid {expected}."
+    hint = ""
+    if OmegaConf.is_config(value) or hasattr(value, "_value"):  # a node: OmegaConf reports the node, not its value
+        value = value._value()
+    if expected.startswith("list[") and isinstance(value, (str, int, float)):
+        hint = f" A list is written in brackets: {full_key}=[{value}]."
+    return f"recipe key '{full_key}' got {value!r}, which is not a valid {expected}.{hint}"
 
 
 def _scalar_section_message(raw: DictConfig, overrides: list[str]) -> str:

@@ -12,6 +12,7 @@ before that puts them back; after a SIGKILL, the next run in the folder sorts it
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -172,8 +173,17 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, plan: Plan) -> None:
         elif plan.action in ("retake", "start"):
             remove_run_entries(run_dir)  # a retaken run's files, or leftovers of a run that never began
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / RECIPE_FILE, to_yaml(recipe))
+        write_text(run_dir / RECIPE_FILE, to_yaml(as_written(recipe)))
     state.wait_for_everyone()
+
+
+def as_written(recipe: Recipe) -> Recipe:
+    """The recipe as its run folder keeps it: a checkpoint given by path (training.resume=PATH) is where this run
+    began, recorded in metrics.json (`resumed_from`); the folder's recipe resumes from its own checkpoints, so that
+    it reads, reproduces and resumes once that checkpoint is gone."""
+    if recipe.training.resume in ("auto", "never"):
+        return recipe
+    return dataclasses.replace(recipe, training=dataclasses.replace(recipe.training, resume="auto"))
 
 
 def undo_unprepared(run_dir: Path, plan: Plan) -> None:

@@ -15,14 +15,15 @@ from pathlib import Path
 
 import torch
 from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_tl import progress
-from hf_tl.config.recipe import Recipe, check_steps_train, sets_trainer_keys, warmup_steps
+from hf_tl.config.recipe import Recipe, check_resume, check_steps_train, sets_trainer_keys, warmup_steps
 from hf_tl.data.augment import Augment, batch_mixup
 from hf_tl.data.datasets import Splits, collate_images, image_transform, load_splits, resizing_for
 from hf_tl.data.processors import processor_for
-from hf_tl.errors import HfTlError, forget_warnings, is_main_process, warn
+from hf_tl.errors import HfTlError, RecipeError, forget_warnings, is_main_process, warn
 from hf_tl.hub.card import write_run_card
 from hf_tl.hub.transfer import check_can_push, push_run
 from hf_tl.models.loading import load_backbone
@@ -35,7 +36,7 @@ from hf_tl.training.cache import features as feature_cache
 from hf_tl.training.export import save_final_model
 from hf_tl.training.losses import ClassificationLoss
 from hf_tl.training.metrics import compute_metrics, full_metrics, named_per_class
-from hf_tl.training.timing import EpochTimer
+from hf_tl.training.timing import EpochTimer, best_checkpoint_note
 from hf_tl.training.touched import train_metrics_dataset
 from hf_tl.training.trainer import (
     SAVE_ERRORS,
@@ -105,11 +106,12 @@ def resume_point(recipe: Recipe, checkpoints: Path) -> str | None:
     """The last complete checkpoint to continue from (`training.resume=auto`), announced on the main process.
 
     Damaged checkpoints are moved aside and named in the same line; with none left usable, training starts over.
-    A checkpoint given by path (`training.resume=PATH`) is the one, whatever output.dir holds; damaged, it stops.
+    A checkpoint given by path (`training.resume=PATH`) is where a new run starts; once the run has checkpoints of
+    its own (it was interrupted, and the same command runs again), it continues from those. Damaged, it stops.
     """
     state = process_state()
-    if recipe.training.resume not in ("auto", "never"):
-        given = Path(recipe.training.resume)
+    given = resumed_from(recipe)
+    if given and not (checkpoints.is_dir() and get_last_checkpoint(str(checkpoints))):
         damage = checkpoint_damage(given) if given.is_dir() else "no such folder"
         if damage:
             raise HfTlError(
@@ -133,6 +135,40 @@ def resume_point(recipe: Recipe, checkpoints: Path) -> str | None:
             then = "no usable checkpoint is left, so training starts over"
         print(f"hf_tl: {'; '.join([*damaged, then])}", flush=True)
     return checkpoint
+
+
+def resumed_from(recipe: Recipe) -> Path | None:
+    """The checkpoint given by path (`training.resume=PATH`), or None for auto and never."""
+    return None if recipe.training.resume in ("auto", "never") else Path(recipe.training.resume)
+
+
+def checkpoint_step(checkpoint: Path | str | None) -> int | None:
+    """The optimizer step a checkpoint was saved at (its trainer_state.json), or None when it cannot be read."""
+    try:
+        return json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text())["global_step"] if checkpoint else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a damaged checkpoint is named where the run resumes
+
+
+def misfit(error: BaseException, recipe: Recipe, checkpoint: str | None, step: int) -> bool:
+    """Whether a run stopped loading a checkpoint given by path: the optimizer's or the model's state of another
+    recipe (transformers raises ValueError or RuntimeError) before the first step past the checkpoint's."""
+    given = resumed_from(recipe)
+    if not isinstance(error, (ValueError, RuntimeError)) or given is None or checkpoint != str(given):
+        return False
+    return step <= (checkpoint_step(checkpoint) or 0)
+
+
+def check_steps_left(recipe: Recipe, schedule: dict) -> None:
+    """A checkpoint given by path at or past this run's last optimizer step would train nothing: refused."""
+    step = checkpoint_step(resumed_from(recipe))
+    if step is not None and step >= schedule["optimizer_steps"]:
+        raise RecipeError(
+            f"training.resume={recipe.training.resume} is at optimizer step {step}, and this run ends at step "
+            f"{schedule['optimizer_steps']} (training.epochs={recipe.training.epochs:g}, "
+            f"training.max_steps={recipe.training.max_steps}): nothing would train. Train for longer, or resume "
+            "from an earlier checkpoint."
+        )
 
 
 def training_schedule(recipe: Recipe, num_train: int, processes: int) -> dict:
@@ -214,6 +250,7 @@ def run(recipe: Recipe) -> Path:
 
 def _run(recipe: Recipe) -> Path:
     state = process_state()
+    check_resume(recipe.training)
     if sets_trainer_keys(recipe.training):  # `hf-tl train` checked them before launching; a caller may not have
         check_trainer_keys(recipe)
     if recipe.hub.push:  # a push that cannot happen is found before the training, not after it
@@ -229,6 +266,7 @@ def _run(recipe: Recipe) -> Path:
     try:
         trainer, splits, summary, timer = build_trainer(recipe, run_dir)
         schedule = training_schedule(recipe, len(splits.train), state.num_processes)
+        check_steps_left(recipe, schedule)
     except BaseException:
         rundir.undo_unprepared(run_dir, plan)
         raise
@@ -244,6 +282,7 @@ def _run(recipe: Recipe) -> Path:
         if schedule["warning"]:
             warn(schedule["warning"])
     started = time.perf_counter()
+    checkpoint = None
     try:
         checkpoint = resume_point(recipe, Path(trainer.args.output_dir))
         with phases.timed("training"):
@@ -260,6 +299,12 @@ def _run(recipe: Recipe) -> Path:
             ) from None
         if restored:
             print(f"hf_tl: {back}", flush=True)
+        if misfit(e, recipe, checkpoint, trainer.state.global_step):
+            raise HfTlError(
+                f"the checkpoint {checkpoint} (training.resume) does not fit this run: {e}. It was saved by a run of "
+                "another model, strategy or optimizer settings; resume from a checkpoint of this recipe, or train "
+                "without training.resume."
+            ) from None
         raise
     train_wall = time.perf_counter() - started
     timer = EpochTimer.of(trainer)  # on resume the Trainer rebuilt it from the checkpoint
@@ -272,6 +317,7 @@ def _run(recipe: Recipe) -> Path:
         "num_train_examples": len(splits.train),
         "num_eval_examples": len(splits.eval),
         "skipped_images": splits.skipped_images,
+        "resumed_from": recipe.training.resume if resumed_from(recipe) else None,  # recipe.yaml says auto
         "eval": evaluate_split(trainer, trainer.eval_dataset, splits.labels, "eval"),
         "train": evaluate_split(trainer, train_eval, splits.labels, "train") if recipe.training.train_metrics else None,
         "parameters": summary.to_dict(),
@@ -306,7 +352,9 @@ def _run(recipe: Recipe) -> Path:
         shutil.rmtree(run_dir / rundir.CHECKPOINTS_DIR, ignore_errors=True)
         rundir.discard_replaced(run_dir)  # gone at the first checkpoint already; this catches a run without one
         trained = f", train accuracy {metrics['train']['accuracy']:.4f}" if metrics["train"] else ""
-        print(f"hf_tl: eval accuracy {metrics['eval']['accuracy']:.4f}{trained}; results in {run_dir}", flush=True)
+        # the best checkpoint's, named when the last evaluation line showed another
+        accuracy = f"{metrics['eval']['accuracy']:.4f}{best_checkpoint_note(trainer.state, trainer.args)}"
+        print(f"hf_tl: eval accuracy {accuracy}{trained}; results in {run_dir}", flush=True)
     state.wait_for_everyone()
     if recipe.hub.push and state.is_main_process:
         push_run(run_dir, recipe.hub.repo_id, private=recipe.hub.private)

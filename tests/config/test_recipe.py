@@ -534,10 +534,13 @@ def test_quickstart_assets_resolve_inside_the_package():
 
 
 def _checked_by_transformers(name: str, overrides: list[str]):
-    """The recipe, with the keys only transformers can check checked (as `hf-tl train` and `run` do)."""
+    """The recipe, with what is checked where a run starts (`hf-tl train`, `run`): the keys only transformers can
+    check, and a checkpoint given by path."""
+    from hf_tl.config.recipe import check_resume
     from hf_tl.training.arguments import check_trainer_keys
 
     recipe = load_recipe(name, overrides)
+    check_resume(recipe.training)
     check_trainer_keys(recipe)
     return recipe
 
@@ -581,6 +584,70 @@ def test_trainer_keys_are_checked_against_transformers_own_lists(override, messa
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (  # unquoted, `no` reaches the check as False
+            ["training.args.eval_strategy=no"],
+            "recipe key 'training.args.eval_strategy' got 'no', but hf_tl keeps the checkpoint with the best "
+            "validation accuracy as model/, so it evaluates: leave it unset (epoch) or give "
+            "training.args.eval_strategy=steps",
+        ),
+        (
+            ["training.args.save_strategy=no"],
+            "recipe key 'training.args.save_strategy' got 'no', but hf_tl keeps the best checkpoint and resumes",
+        ),
+        (
+            ["training.args.save_strategy=best"],
+            "recipe key 'training.args.save_strategy' got 'best', but hf_tl keeps the best checkpoint and resumes",
+        ),
+        (
+            ["training.args.eval_steps=5"],
+            "recipe key 'training.args.eval_steps' got 5, which transformers ignores with eval_strategy 'epoch': "
+            "add training.args.eval_strategy=steps.",
+        ),
+        (
+            ["training.args.save_steps=5"],
+            "recipe key 'training.args.save_steps' got 5, which transformers ignores with save_strategy 'epoch': "
+            "add training.args.eval_strategy=steps",
+        ),
+        (
+            ["training.args.metric_for_best_model=loss"],
+            "recipe key 'training.args.metric_for_best_model' is refused: hf_tl owns it (model/ is the checkpoint "
+            "with the best validation accuracy).",
+        ),
+        (["training.args.load_best_model_at_end=false"], "'training.args.load_best_model_at_end' is refused"),
+        (["training.args.greater_is_better=false"], "'training.args.greater_is_better' is refused"),
+        (
+            ["training.args.include_for_metrics=[inputs]"],
+            "recipe key 'training.args.include_for_metrics' is refused: hf_tl owns it (its metrics take the whole "
+            "evaluation's logits and labels at once",
+        ),
+        (["training.args.eval_do_concat_batches=false"], "'training.args.eval_do_concat_batches' is refused"),
+        (
+            ["training.optimizer=rmsprop", "strategy.kind=full", "training.layer_decay=0.75"],
+            "recipe key 'training.layer_decay' got 0.75, which does not go with training.optimizer=rmsprop: hf_tl "
+            "builds the layer-wise parameter groups and calls the optimizer class itself",
+        ),
+        (
+            ["training.optimizer=rmsprop", "training.head_lr=0.001"],
+            "recipe key 'training.head_lr' got 0.001, which does not go with training.optimizer=rmsprop",
+        ),
+    ],
+)
+def test_training_args_that_would_lose_the_best_checkpoint_or_be_ignored_are_refused(overrides, message):
+    with pytest.raises(RecipeError) as error:
+        _checked_by_transformers("quickstart", ["data.dataset=x", *overrides])
+    assert message in str(error.value)
+
+
+def test_a_schedule_by_steps_an_unlogged_run_and_layer_decay_with_the_five_optimizers_are_taken():
+    steps = ["training.args.eval_strategy=steps", "training.args.eval_steps=5", "training.args.save_steps=10"]
+    _checked_by_transformers("quickstart", ["data.dataset=x", *steps, "training.args.logging_strategy=no"])
+    decay = ["strategy.kind=full", "training.layer_decay=0.75", "training.head_lr=0.001"]
+    _checked_by_transformers("quickstart", ["data.dataset=x", *decay, "training.optimizer=sgd"])
+
+
 def test_a_tracker_that_is_not_installed_says_what_installs_it(monkeypatch):
     from transformers.integrations import integration_utils
 
@@ -617,8 +684,9 @@ def test_resume_takes_a_checkpoint_folder_and_names_a_folder_that_is_not_one(tmp
     (checkpoint / "trainer_state.json").write_text("{}")
     recipe = load_recipe("quickstart", ["data.dataset=x", f"training.resume={checkpoint}"])
     assert recipe.training.resume == str(checkpoint)
+    assert load_recipe("quickstart", [f"training.resume={tmp_path / 'gone'}"])  # read anywhere; checked at a run
     with pytest.raises(RecipeError) as error:
-        load_recipe("quickstart", ["data.dataset=x", f"training.resume={tmp_path / 'run'}"])
+        _checked_by_transformers("quickstart", ["data.dataset=x", f"training.resume={tmp_path / 'run'}"])
     assert str(error.value).startswith(
         f"recipe key 'training.resume' got '{tmp_path / 'run'}', which is not a checkpoint (no trainer_state.json). "
         f"Its checkpoints: {checkpoint}."

@@ -11,7 +11,7 @@ from datasets import Dataset, DatasetDict
 from datasets import load_dataset as real_load_dataset
 
 import hf_tl.data.datasets as datasets_module
-from hf_tl.config.recipe import DataSection
+from hf_tl.config.recipe import DataSection, load_recipe
 from hf_tl.data.datasets import load_splits, open_dataset
 from hf_tl.errors import DataError, RecipeError
 
@@ -111,6 +111,24 @@ def test_an_image_folder_is_sliced_too(image_folder):
 def test_overlapping_train_and_eval_are_refused(saved, train, eval_split):
     with pytest.raises(DataError, match="validation would see (the )?training images"):
         load_splits(cfg(saved, train_split=train, eval_split=eval_split), seed=0)
+
+
+def test_training_on_the_validation_split_with_no_eval_split_is_refused(saved):
+    """With no data.eval_split, validation is the 'validation' split: training on rows of it is refused too."""
+    with pytest.raises(DataError) as info:
+        load_splits(cfg(saved, train_split="train+validation[:10]"), seed=0)
+    assert str(info.value).startswith(
+        "the 'validation' split (the default) and data.train_split='train+validation[:10]' share rows of the split "
+        "'validation': validation would see training images."
+    )
+
+
+def test_a_slice_out_of_range_is_a_recipe_mistake_found_before_any_work(saved):
+    with pytest.raises(RecipeError) as info:
+        load_recipe("quickstart", [f"data.dataset={saved}", "data.train_split=train[:200%]"])
+    assert str(info.value).startswith(
+        "recipe key 'data.train_split' got 'train[:200%]', which is not a valid slice (Percent slice boundaries"
+    )
 
 
 @pytest.mark.parametrize("key", ["train_split", "eval_split"])

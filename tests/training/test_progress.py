@@ -13,6 +13,7 @@ from huggingface_hub.utils import are_progress_bars_disabled
 from transformers.utils import logging as transformers_logging
 
 from hf_tl import progress
+from hf_tl.config.recipe import load_recipe
 from hf_tl.training.timing import epoch_line
 
 EPOCH_LINE = re.compile(r"epoch ([12])/2: loss \d+\.\d+, eval accuracy [01]\.\d{3}, macro_f1 [01]\.\d{3} \(\d+\.\d s\)")
@@ -100,6 +101,20 @@ def test_a_run_into_a_log_file_prints_plain_lines_and_no_bars(tmp_path):
     history = json.loads((run_dir / "log_history.json").read_text())
     assert [h["epoch"] for h in history if "eval_accuracy" in h] == [1.0, 2.0]
     assert any("loss" in h for h in history)  # every logged step is still recorded
+
+
+@pytest.mark.slow
+def test_eval_and_analyze_into_a_log_file_draw_no_bars_either(tmp_path):
+    """The held-out split of a sliced training split is carved again (datasets flattens indices, with a bar)."""
+    train(tmp_path, "data.train_split=train[:50%]", "output.dir=runs/half", HF_TL_PROGRESS="")
+    digits = load_recipe("quickstart").data.dataset
+    evaluate = ["eval", "model=runs/half", "split=validation", "output=evals/half"]
+    analyze = ["analyze", "cka", "model_a=runs/half/model", f"dataset={digits}", "split=train", "num_examples=40"]
+    for command in (evaluate, [*analyze, "out=analysis/half"]):
+        result = run_cli(sys.executable, "-m", "hf_tl", *command, cwd=tmp_path, HF_TL_PROGRESS="")
+        assert result.returncode == 0, (command, result.stderr[-3000:])
+        both = result.stdout + result.stderr
+        assert "\r" not in both and "%|" not in both, (command, both[-2000:])
 
 
 @pytest.mark.slow

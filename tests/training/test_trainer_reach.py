@@ -4,13 +4,14 @@ resuming from a checkpoint given by path (training.resume=PATH) reach the Traine
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from conftest import exit_status_of
 
 from hf_tl.config.recipe import load_recipe
-from hf_tl.errors import HfTlError
+from hf_tl.errors import HfTlError, RecipeError
 from hf_tl.training import run as run_module
 from hf_tl.training.arguments import training_arguments
 from hf_tl.training.run import build_trainer, resume_point, run
@@ -53,13 +54,16 @@ def test_saves_follow_the_evaluations_unless_given():
     assert given.save_steps == 10
 
 
-def test_training_args_reach_the_arguments_and_a_best_metric_given_alone_sets_its_direction():
-    args = arguments("training.args.max_grad_norm=0.5", "training.args.metric_for_best_model=loss")
+def test_training_args_reach_the_arguments_and_the_best_model_is_kept_by_accuracy():
+    args = arguments("training.args.max_grad_norm=0.5")
     assert args.max_grad_norm == 0.5
-    assert (args.metric_for_best_model, args.greater_is_better) == ("loss", False)  # lower is better for a loss
-    assert arguments().greater_is_better is True  # accuracy, hf_tl's default
+    assert (args.load_best_model_at_end, args.metric_for_best_model, args.greater_is_better) == (True, "accuracy", True)
     assert arguments("training.report_to=[tensorboard]").report_to == ["tensorboard"]
     assert arguments().report_to in ([], "none", ["none"])
+
+
+def test_an_unquoted_no_reaches_a_strategy_as_no():
+    assert arguments("training.args.logging_strategy=no").logging_strategy == "no"  # YAML reads it as False
 
 
 def test_an_owned_key_exits_2_naming_the_key_to_set(tmp_path, capsys):
@@ -70,6 +74,9 @@ def test_an_owned_key_exits_2_naming_the_key_to_set(tmp_path, capsys):
     assert code == 2, err
     assert "recipe key 'training.args.output_dir' is refused: hf_tl sets it from output.dir" in err
     assert not (tmp_path / "run").exists()
+    code, err = exit_status_of(main, [*argv, "training.args.eval_strategy=no"], capsys)
+    assert code == 2, err
+    assert "recipe key 'training.args.eval_strategy' got 'no', but hf_tl keeps the checkpoint with the best" in err
 
 
 def test_gradient_checkpointing_reaches_the_trainer_and_the_model(tiny_vit, digits_dir, tmp_path):
@@ -162,3 +169,55 @@ def test_the_resume_hint_keeps_a_checkpoint_given_by_path_until_the_run_has_its_
     assert resume_command(run_dir, recipe) == f"the same command plus output.dir={run_dir}"
     (run_dir / "checkpoints" / "checkpoint-20").mkdir(parents=True)
     assert resume_command(run_dir, recipe) == f"the same command plus output.dir={run_dir} training.resume=auto"
+
+
+@pytest.fixture(scope="module")
+def kept_checkpoints(tiny_vit, digits_dir, tmp_path_factory) -> Path:
+    """A run's checkpoints/ (checkpoint-10 and -20), kept: the run stopped before writing its model."""
+    first = tmp_path_factory.mktemp("kept") / "first"
+
+    def model_not_written(*args, **kwargs):
+        raise OSError("the model is not written: the checkpoints stay")
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(run_module, "save_final_model", model_not_written)
+        with pytest.raises(HfTlError, match="could not write the trained model"):
+            run(tiny(tiny_vit, digits_dir, first))
+    return first / "checkpoints"
+
+
+def test_a_run_resumed_from_a_path_keeps_a_recipe_that_reads_without_it(
+    kept_checkpoints, tiny_vit, digits_dir, tmp_path
+):
+    """recipe.yaml records resume auto (the run resumes from its own checkpoints) and metrics.json where it began,
+    so the folder still reads, evaluates and reproduces once that checkpoint is gone."""
+    given = tmp_path / "copy" / "checkpoint-10"
+    shutil.copytree(kept_checkpoints / "checkpoint-10", given)
+    second = run(tiny(tiny_vit, digits_dir, tmp_path / "second", f"training.resume={given}"))
+    shutil.rmtree(given)
+    assert json.loads((second / "metrics.json").read_text())["resumed_from"] == str(given)
+    assert load_recipe(str(second / "recipe.yaml")).training.resume == "auto"
+
+
+def test_a_checkpoint_past_the_runs_last_step_is_refused(kept_checkpoints, tiny_vit, digits_dir, tmp_path, capsys):
+    given = kept_checkpoints / "checkpoint-20"
+    recipe = tiny(tiny_vit, digits_dir, tmp_path / "run", f"training.resume={given}", "training.max_steps=10")
+    with pytest.raises(RecipeError) as refused:
+        run(recipe)
+    assert str(refused.value).startswith(
+        f"training.resume={given} is at optimizer step 20, and this run ends at step 10 (training.epochs=2, "
+        "training.max_steps=10): nothing would train."
+    )
+
+
+def test_a_checkpoint_of_another_recipe_is_named_not_a_crash(kept_checkpoints, tiny_vit, digits_dir, tmp_path):
+    """The checkpoint's optimizer holds the last block's groups; a full fine-tuning has others."""
+    given = kept_checkpoints / "checkpoint-10"
+    recipe = tiny(tiny_vit, digits_dir, tmp_path / "run", f"training.resume={given}", "strategy.kind=full")
+    with pytest.raises(HfTlError) as refused:
+        run(recipe)
+    assert str(refused.value).startswith(f"the checkpoint {given} (training.resume) does not fit this run: ")
+    assert str(refused.value).endswith(
+        "It was saved by a run of another model, strategy or optimizer settings; resume from a checkpoint of this "
+        "recipe, or train without training.resume."
+    )
