@@ -541,14 +541,19 @@ def check_scheduler_kwargs(t: TrainingSection) -> None:
 RESUME_CHOICES = ("auto", "never")  # or a checkpoint folder's path
 
 
+def resume_path(t: TrainingSection) -> Path | None:
+    """The checkpoint folder given by path (`training.resume=PATH`), or None for auto and never."""
+    return None if t.resume in RESUME_CHOICES else Path(t.resume)
+
+
 def check_resume(t: TrainingSection) -> None:
     """training.resume=PATH names a checkpoint folder: one the Trainer can read a state from (damage: at the run).
 
     Checked where a run starts (`hf-tl train`, `run`), not when any recipe is read: a run folder's recipe.yaml read
     later (by eval, report, a sweep) must not depend on a checkpoint that has since gone."""
-    if t.resume in RESUME_CHOICES:
+    folder = resume_path(t)
+    if folder is None:
         return
-    folder = Path(t.resume)
     takes = "It takes 'auto', 'never' or the path of a checkpoint folder (a run's checkpoints/checkpoint-N)."
     if not folder.is_dir():
         close = did_you_mean(t.resume, RESUME_CHOICES)

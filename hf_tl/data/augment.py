@@ -24,7 +24,7 @@ from torch import Tensor
 from torchvision.transforms import RandomResizedCrop, v2
 from torchvision.transforms.v2 import functional as TF
 
-from hf_tl.config.recipe import RANDOM_AUGMENTS, TrainingSection
+from hf_tl.config.recipe import TrainingSection
 from hf_tl.data.preprocess import INTERPOLATIONS, Preprocess, draw_flips, mirror
 
 SCALE = (0.08, 1.0)  # share of the image's area a crop covers (timm, the transformers example)
@@ -46,11 +46,6 @@ class Augment:
 
     kind: str
     preprocess: Preprocess
-
-    @property
-    def random_crops(self) -> bool:
-        """New pixels at every step (crop_flip, trivialaugment): not what a feature cache can hold."""
-        return self.kind in RANDOM_AUGMENTS
 
     def __call__(self, images: Tensor | list[Tensor]) -> Tensor:
         if self.kind == "none":

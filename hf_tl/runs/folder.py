@@ -28,7 +28,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from hf_tl.config.recipe import SECTIONS, Recipe, to_yaml, upgrade_written
+from hf_tl.config.recipe import SECTIONS, Recipe, resume_path, to_yaml, upgrade_written
 from hf_tl.config.resources import PACKAGE_DIR
 from hf_tl.errors import HfTlError, RecipeError
 from hf_tl.runs.environment import process_state
@@ -181,7 +181,7 @@ def as_written(recipe: Recipe) -> Recipe:
     """The recipe as its run folder keeps it: a checkpoint given by path (training.resume=PATH) is where this run
     began, recorded in metrics.json (`resumed_from`); the folder's recipe resumes from its own checkpoints, so that
     it reads, reproduces and resumes once that checkpoint is gone."""
-    if recipe.training.resume in ("auto", "never"):
+    if resume_path(recipe.training) is None:
         return recipe
     return dataclasses.replace(recipe, training=dataclasses.replace(recipe.training, resume="auto"))
 

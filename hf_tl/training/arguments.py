@@ -28,7 +28,7 @@ def training_arguments(recipe: Recipe, checkpoints_dir: Path) -> TrainingArgumen
     """hf_tl's arguments from the recipe's keys, with training.args (checked by `check_trainer_keys`) over them."""
     t = recipe.training
     workers = device.loader_workers(recipe.data.num_workers)
-    given = as_written(t.args)
+    given = with_strategy_names(t.args)
     own = dict(
         output_dir=str(checkpoints_dir),
         num_train_epochs=t.epochs,
@@ -67,7 +67,7 @@ def training_arguments(recipe: Recipe, checkpoints_dir: Path) -> TrainingArgumen
 _INTERVAL_FIELDS = ("eval_strategy", "save_strategy", "logging_strategy")
 
 
-def as_written(args: dict[str, Any]) -> dict[str, Any]:
+def with_strategy_names(args: dict[str, Any]) -> dict[str, Any]:
     """training.args with an unquoted `no` (False to YAML and OmegaConf) back to the strategy name "no"."""
     return {key: "no" if key in _INTERVAL_FIELDS and value is False else value for key, value in args.items()}
 
@@ -177,7 +177,7 @@ def check_trainer_keys(recipe: Recipe) -> None:
     _check_trackers(t.report_to)
     _check_optimizer_name(t.optimizer)
     _check_optimizer_groups(t)
-    given = as_written(t.args)
+    given = with_strategy_names(t.args)
     for key, value in given.items():
         _check_argument(key, value)
     _check_schedule(given)

@@ -19,7 +19,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_tl import progress
-from hf_tl.config.recipe import Recipe, check_resume, check_steps_train, sets_trainer_keys, warmup_steps
+from hf_tl.config.recipe import Recipe, check_resume, check_steps_train, resume_path, sets_trainer_keys, warmup_steps
 from hf_tl.data.augment import Augment, batch_mixup
 from hf_tl.data.datasets import Splits, collate_images, image_transform, load_splits, resizing_for
 from hf_tl.data.processors import processor_for
@@ -42,6 +42,7 @@ from hf_tl.training.trainer import (
     SAVE_ERRORS,
     HfTlTrainer,
     checkpoint_damage,
+    has_checkpoint,
     resume_command,
     set_aside_damaged_checkpoints,
     use_channels_last,
@@ -110,8 +111,8 @@ def resume_point(recipe: Recipe, checkpoints: Path) -> str | None:
     its own (it was interrupted, and the same command runs again), it continues from those. Damaged, it stops.
     """
     state = process_state()
-    given = resumed_from(recipe)
-    if given and not (checkpoints.is_dir() and get_last_checkpoint(str(checkpoints))):
+    given = resume_path(recipe.training)
+    if given and not has_checkpoint(checkpoints):
         damage = checkpoint_damage(given) if given.is_dir() else "no such folder"
         if damage:
             raise HfTlError(
@@ -137,11 +138,6 @@ def resume_point(recipe: Recipe, checkpoints: Path) -> str | None:
     return checkpoint
 
 
-def resumed_from(recipe: Recipe) -> Path | None:
-    """The checkpoint given by path (`training.resume=PATH`), or None for auto and never."""
-    return None if recipe.training.resume in ("auto", "never") else Path(recipe.training.resume)
-
-
 def checkpoint_step(checkpoint: Path | str | None) -> int | None:
     """The optimizer step a checkpoint was saved at (its trainer_state.json), or None when it cannot be read."""
     try:
@@ -153,7 +149,7 @@ def checkpoint_step(checkpoint: Path | str | None) -> int | None:
 def misfit(error: BaseException, recipe: Recipe, checkpoint: str | None, step: int) -> bool:
     """Whether a run stopped loading a checkpoint given by path: the optimizer's or the model's state of another
     recipe (transformers raises ValueError or RuntimeError) before the first step past the checkpoint's."""
-    given = resumed_from(recipe)
+    given = resume_path(recipe.training)
     if not isinstance(error, (ValueError, RuntimeError)) or given is None or checkpoint != str(given):
         return False
     return step <= (checkpoint_step(checkpoint) or 0)
@@ -161,7 +157,7 @@ def misfit(error: BaseException, recipe: Recipe, checkpoint: str | None, step: i
 
 def check_steps_left(recipe: Recipe, schedule: dict) -> None:
     """A checkpoint given by path at or past this run's last optimizer step would train nothing: refused."""
-    step = checkpoint_step(resumed_from(recipe))
+    step = checkpoint_step(resume_path(recipe.training))
     if step is not None and step >= schedule["optimizer_steps"]:
         raise RecipeError(
             f"training.resume={recipe.training.resume} is at optimizer step {step}, and this run ends at step "
@@ -317,7 +313,7 @@ def _run(recipe: Recipe) -> Path:
         "num_train_examples": len(splits.train),
         "num_eval_examples": len(splits.eval),
         "skipped_images": splits.skipped_images,
-        "resumed_from": recipe.training.resume if resumed_from(recipe) else None,  # recipe.yaml says auto
+        "resumed_from": recipe.training.resume if resume_path(recipe.training) else None,  # recipe.yaml says auto
         "eval": evaluate_split(trainer, trainer.eval_dataset, splits.labels, "eval"),
         "train": evaluate_split(trainer, train_eval, splits.labels, "train") if recipe.training.train_metrics else None,
         "parameters": summary.to_dict(),

@@ -267,14 +267,15 @@ def resume_command(run_folder: Path, recipe: Recipe | None = None) -> str:
     """
     resume, overwrite = (recipe.training.resume, recipe.output.overwrite) if recipe else _resume_settings(run_folder)
     overrides = [f"output.dir={shlex.quote(str(run_folder))}"]
-    if resume == "never" or (resume != "auto" and _has_checkpoint(run_folder / CHECKPOINTS_DIR)):
+    if resume == "never" or (resume != "auto" and has_checkpoint(run_folder / CHECKPOINTS_DIR)):
         overrides.append("training.resume=auto")  # a checkpoint given by path stays the start until the run has one
     if overwrite:
         overrides.append("output.overwrite=false")
     return f"the same command plus {' '.join(overrides)}"
 
 
-def _has_checkpoint(checkpoints: Path) -> bool:
+def has_checkpoint(checkpoints: Path) -> bool:
+    """Whether `checkpoints` holds a complete checkpoint to resume from."""
     return checkpoints.is_dir() and get_last_checkpoint(str(checkpoints)) is not None
 
 
