@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -217,9 +218,15 @@ def cifar_shaped(tmp_path_factory) -> Path:
 
 @dataclass
 class Trained:
+    job: Job
     folder: Path
     head: str
     measured: Measured
+
+    def succeeded(self) -> Trained:
+        result = self.measured.result  # a failed run fails every test of its job, and runs once
+        assert result.returncode == 0, result.stderr[-5000:]
+        return self
 
 
 @dataclass
@@ -251,34 +258,30 @@ def timings(request) -> Timings:
         print("\n".join(lines), flush=True)
 
 
-@pytest.fixture(scope="module")
-def train_once(real_size_hub, cifar_shaped, tmp_path_factory, timings):
-    """`train_once(job)`: the job's run folder after 1 step at batch 2, evaluation and saving (run once a module)."""
-    done: dict[str, Trained] = {}
+@pytest.fixture(scope="module", params=training_params())
+def trained(request, real_size_hub, cifar_shaped, tmp_path_factory, timings):
+    """A job's run folder after 1 step at batch 2, evaluation and saving.
 
-    def train(job: Job) -> Trained:
-        if job.id not in done:
-            folder = tmp_path_factory.mktemp(job.id)
-            recipe = job.recipe_argument(folder)
-            run = measured(
-                sys.executable, "-m", "hf_tl.train", f"recipe={recipe}", "model.weights=none",
-                f"data.dataset={cifar_shaped}", "data.config_name=null", "data.eval_split=validation",
-                "training.max_steps=1", "training.warmup_ratio=0", "training.batch_size=2",
-                f"output.dir={folder / 'run'}",
-                env=real_size_hub.env,
-            )  # fmt: skip
-            timings.add_run(job.id, "train", run)
-            done[job.id] = Trained(folder / "run", load_recipe(recipe).model.head, run)
-        result = done[job.id].measured.result  # a failed run fails every test of its job, and runs once
-        assert result.returncode == 0, result.stderr[-5000:]
-        return done[job.id]
-
-    return train
+    Module-scoped and parametrized, so pytest runs every test of one job before it trains the next, and the folder
+    is deleted then: runs save float32 weights (3.7 GB for BiT-R152x4), and keeping every job's filled CI's disk.
+    """
+    job = request.param
+    folder = tmp_path_factory.mktemp(job.id)
+    recipe = job.recipe_argument(folder)
+    run = measured(
+        sys.executable, "-m", "hf_tl.train", f"recipe={recipe}", "model.weights=none",
+        f"data.dataset={cifar_shaped}", "data.config_name=null", "data.eval_split=validation",
+        "training.max_steps=1", "training.warmup_ratio=0", "training.batch_size=2",
+        f"output.dir={folder / 'run'}",
+        env=real_size_hub.env,
+    )  # fmt: skip
+    timings.add_run(job.id, "train", run)
+    yield Trained(job, folder / "run", load_recipe(recipe).model.head, run)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.mark.parametrize("job", training_params())
-def test_one_step_at_real_size_evaluates_and_saves(job, train_once):
-    trained = train_once(job)
+def test_one_step_at_real_size_evaluates_and_saves(trained):
+    job, trained = trained.job, trained.succeeded()
     metrics = json.loads((trained.folder / "metrics.json").read_text())
     assert metrics["model"] == job.model
     assert metrics["num_train_examples"] == metrics["num_eval_examples"] == len(CLASSES)
@@ -291,15 +294,14 @@ def test_one_step_at_real_size_evaluates_and_saves(job, train_once):
     assert not list((trained.folder / "model").glob("*.bin"))
 
 
-@pytest.mark.parametrize("job", training_params())
 def test_saved_model_reloads_and_pipeline_predicts_what_hf_tl_eval_predicts(
-    job, train_once, real_size_hub, cifar_shaped, tmp_path, timings
+    trained, real_size_hub, cifar_shaped, tmp_path, timings
 ):
     """pipeline("image-classification") loads it with plain from_pretrained (remote code only for the MLP head) and
     gives each validation image the top-1 label `python -m hf_tl.eval` gives."""
     from transformers import pipeline
 
-    trained = train_once(job)
+    job, trained = trained.job, trained.succeeded()
     remote = trained.head == "mlp"
     started, cpu_before = time.perf_counter(), time.process_time()
     classifier = pipeline("image-classification", model=str(trained.folder / "model"), trust_remote_code=remote)
