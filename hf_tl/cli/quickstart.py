@@ -1,4 +1,7 @@
-"""`hf-tl quickstart out=DIR`: rebuild the quickstart's data and backbone into the folder DIR.
+"""`hf-tl quickstart out=DIR [zoo=true]`: rebuild the quickstart's data and backbone into the folder DIR.
+
+With zoo=true, also the miniature zoo (a tiny ResNet, ConvNeXt and Swin beside the ViT) and DIR/zoo.yaml, which
+`hf-tl select dataset=DIR/digits-5-9 zoo=DIR/zoo.yaml` ranks.
 
 What it does and writes: `hf_tl.config.quickstart`.
 """
@@ -18,6 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     if args is None:
         return
     out = Path(args.out)
-    from hf_tl.config.quickstart import build
+    from hf_tl.config.quickstart import build, build_zoo
 
     build(out)
+    if args.zoo:
+        build_zoo(out)

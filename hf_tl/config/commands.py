@@ -11,7 +11,14 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from hf_tl.config.recipe import INTERPOLATION_CHOICES, DataSection, ModelSection, option, same_option
+from hf_tl.config.recipe import (
+    INTERPOLATION_CHOICES,
+    DataSection,
+    ModelSection,
+    TrainingSection,
+    option,
+    same_option,
+)
 from hf_tl.studies.study import TABLE_LAYOUTS
 
 LABEL_MODES = ("by_name", "by_index")
@@ -21,6 +28,8 @@ TOKEN_MODES = ("flatten", "cls", "mean")
 LAUNCHERS = ("python", "accelerate")
 BACKBONE_DIR = "backbone"  # the quickstart's folders
 FINETUNE_DIR = "digits-5-9"
+ZOO_DIR = "zoo"  # the quickstart's miniature zoo
+ZOO_FILE = "zoo.yaml"
 
 
 @dataclass
@@ -106,12 +115,43 @@ class SweepArgs:
 
 
 @dataclass
+class SelectArgs:
+    dataset: str = same_option(DataSection, "dataset")
+    models: list[str] = option([], "Candidate checkpoints, Hub ids or local folders: models=[id1,id2,...].")
+    zoo: Optional[str] = option(
+        None, "A shipped list of candidates (imagenet_base, malpure2021, zhou2021, miniature) or a zoo .yaml path."
+    )
+    config_name: Optional[str] = same_option(DataSection, "config_name")
+    eval_split: Optional[str] = same_option(DataSection, "eval_split")
+    val_fraction: float = same_option(DataSection, "val_fraction")
+    image_column: Optional[str] = same_option(DataSection, "image_column")
+    label_column: Optional[str] = same_option(DataSection, "label_column")
+    max_train_samples: Optional[int] = same_option(DataSection, "max_train_samples")
+    max_eval_samples: Optional[int] = same_option(DataSection, "max_eval_samples")
+    batch_size: int = option(64, "Images per frozen forward pass.", min=1)
+    precision: str = same_option(TrainingSection, "precision")
+    seed: int = option(0, "Seed of the validation carve, the subsampling and the probe.")
+    top_k: int = option(3, "How many of the best candidates the study file (and finetune=true) takes.", min=1)
+    finetune: bool = option(False, "Then fine-tune the top_k with last_block and full (`hf-tl sweep`), and report.")
+    out: Optional[str] = option(None, "Output folder; default selections/<dataset>/.")
+    num_workers: Optional[int] = same_option(DataSection, "num_workers")
+    on_bad_image: str = same_option(DataSection, "on_bad_image")
+    trust_remote_code: bool = same_option(ModelSection, "trust_remote_code")
+    allow_pickle: bool = same_option(ModelSection, "allow_pickle")
+
+
+@dataclass
 class QuickstartArgs:
     out: str = option(
         MISSING,
         f"Folder to write {BACKBONE_DIR}/ and {FINETUNE_DIR}/ into (made if need be; anything else in it is left "
         "alone). Not inside the installed hf_tl package.",
         positional=True,
+    )
+    zoo: bool = option(
+        False,
+        f"Also rebuild the miniature zoo: a tiny ResNet, ConvNeXt and Swin pretrained like the ViT, into {ZOO_DIR}/, "
+        f"and {ZOO_FILE}, a zoo of them and {BACKBONE_DIR}/ for `hf-tl select` (a few more CPU-minutes).",
     )
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import hub_fixture_ids
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from hf_tl.config.resources import asset_path
+from hf_tl.config.resources import PACKAGE_DIR, asset_path
 from hf_tl.errors import RecipeError
 from hf_tl.selection.zoo import available_zoos, load_zoo
 from hf_tl.studies.study import load_study
@@ -25,6 +27,10 @@ def test_every_shipped_zoo_loads_with_hub_ids_each_listed_once(name):
     zoo = load_zoo(name)
     assert zoo.name == name and zoo.description and zoo.candidates
     for candidate in zoo.candidates:
+        assert candidate.family and candidate.note and "\n" not in candidate.note
+        if Path(candidate.id).is_relative_to(PACKAGE_DIR / "assets"):  # a shipped backbone (the miniature zoo)
+            assert Path(candidate.id).is_dir(), candidate.id
+            continue
         try:
             validate_repo_id(candidate.id)
         except HFValidationError as e:
