@@ -34,6 +34,7 @@ COMMANDS = {
         Command("eval", "hf_tl.cli.eval"),
         Command("params", "hf_tl.cli.params"),
         Command("analyze", "hf_tl.cli.analyze"),
+        Command("select", "hf_tl.cli.select"),
         Command("sweep", "hf_tl.cli.sweep"),
         Command("report", "hf_tl.cli.report"),
         Command("push", "hf_tl.cli.push"),

@@ -67,6 +67,23 @@ def load_zoo(name_or_path: str) -> Zoo:
     return Zoo(path.stem, _text(raw, "description", path, "", one_line=False), candidates)
 
 
+def candidates_for(models: list[str], zoo: str | None) -> list[Candidate]:
+    """`hf-tl select`'s candidates, from models=[...] or zoo=NAME, each once."""
+    if models and zoo:
+        raise RecipeError("give models=[...] or zoo=NAME, not both.")
+    if zoo:
+        return list(load_zoo(zoo).candidates)
+    if not models:
+        raise RecipeError(
+            "no candidates: give models=[id1,id2,...] (Hub ids or local folders) or zoo=NAME "
+            f"(shipped: {', '.join(available_zoos())})."
+        )
+    repeated = sorted({m for m in models if models.count(m) > 1})
+    if repeated:
+        raise RecipeError(f"models lists {', '.join(repeated)} more than once.")
+    return [Candidate(m, "", "") for m in models]
+
+
 def _candidate(entry: Any, where: str, path: Path) -> Candidate:
     if not isinstance(entry, dict):
         raise RecipeError(f"zoo '{path}': {where} must be a mapping with keys {', '.join(CANDIDATE_KEYS)}.")

@@ -24,6 +24,7 @@ COMMANDS = {  # the arguments after `hf-tl`, and a line the usage must hold
     "analyze": (["analyze"], "attention-distance keys:"),
     "analyze cka": (["analyze", "cka"], "model_a=str"),
     "analyze attention-distance": (["analyze", "attention-distance"], "num_examples=int"),
+    "select": (["select"], "zoo=str"),
     "sweep": (["sweep"], "study=str"),
     "report": (["report"], "layout=str"),
     "push": (["push"], "repo_id=str"),
@@ -123,7 +124,8 @@ def test_help_and_a_mistyped_key_import_nothing_heavy():
         "import sys, json, contextlib, io\n"
         "from hf_tl.cli.main import main\n"
         "calls = [['--help'], *[[n, '--help'] for n in sys.argv[1:]], ['train', 'recipe=quickstart', 'training.lrr=1'],"
-        " ['eval', 'modle=x'], ['push', '--repo-id', 'a/b'], ['train', 'recipe=quickstart', 'output.dir=/proc/x']]\n"
+        " ['eval', 'modle=x'], ['push', '--repo-id', 'a/b'], ['select', 'dataset=x', 'zoo=nope'],"
+        " ['train', 'recipe=quickstart', 'output.dir=/proc/x']]\n"
         "codes = []\n"
         "for argv in calls:\n"
         "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
@@ -135,7 +137,8 @@ def test_help_and_a_mistyped_key_import_nothing_heavy():
     )
     result = run_cli(sys.executable, "-c", probe, *SUBCOMMANDS)
     codes, heavy = json.loads(result.stdout)
-    assert codes == [0] * (len(SUBCOMMANDS) + 1) + [2, 2, 2, 1] and heavy == [], (codes, heavy, result.stderr[-2000:])
+    expected = [0] * (len(SUBCOMMANDS) + 1) + [2, 2, 2, 2, 1]
+    assert codes == expected and heavy == [], (codes, heavy, result.stderr[-2000:])
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,158 @@
+"""One candidate's frozen pre-head features and its costs, through the store a `linear_probe` run uses.
+
+`select` builds the trainer a `linear_probe` training run builds (`hf_tl.training.run.build_trainer`), with the
+feature cache on disk: the store it fills is the one a second `select`, or a later
+`hf-tl train strategy.kind=linear_probe data.augment=none ...` on the same data, finds and reuses. What the
+head(s) see is the representation: both heads of a distilled DeiT, side by side; a feature map still spatial is
+averaged over its positions, as a pooling head does first.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from hf_tl.config.commands import SelectArgs
+from hf_tl.config.recipe import DataSection, ModelSection, OutputSection, Recipe, StrategySection, TrainingSection
+from hf_tl.errors import HfTlError
+from hf_tl.models.families import convolutional, family_of
+from hf_tl.training.cache.features import META_FILE, FeatureCache
+
+
+@dataclass
+class Extracted:
+    """Float32 features of the training and validation images, their labels, and what extracting them cost."""
+
+    train: torch.Tensor
+    train_labels: torch.Tensor
+    eval: torch.Tensor
+    eval_labels: torch.Tensor
+    labels: list[str]
+    costs: dict
+
+
+def candidate_recipe(model: str, args: SelectArgs, work_dir: Path) -> Recipe:
+    """The `linear_probe` recipe whose feature store holds this candidate's features (augment none: one view)."""
+    return Recipe(
+        name="select",
+        model=ModelSection(name=model, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle),
+        strategy=StrategySection(kind="linear_probe"),
+        data=data_section(args),
+        training=TrainingSection(
+            epochs=1,
+            batch_size=args.batch_size,
+            precision=args.precision,
+            seed=args.seed,
+            cache_features="true",
+            cache_storage="disk",
+        ),
+        output=OutputSection(dir=str(work_dir)),
+    )
+
+
+def data_section(args: SelectArgs) -> DataSection:
+    """The data as `select` reads it; a sweep of the top candidates reads the same split (`data_overrides`)."""
+    return DataSection(
+        dataset=args.dataset,
+        config_name=args.config_name,
+        eval_split=args.eval_split,
+        val_fraction=args.val_fraction,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples,
+        augment="none",
+        num_workers=args.num_workers,
+        on_bad_image=args.on_bad_image,
+    )
+
+
+def extract(model: str, args: SelectArgs) -> Extracted:
+    """Load the candidate, fill (or reuse) its feature store, read the features back, count its costs, free it."""
+    from hf_tl.training.run import build_trainer
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hf_tl-select-") as work:
+        recipe = candidate_recipe(model, args, Path(work))
+        trainer, splits, _, _ = build_trainer(recipe, Path(work))
+        cache = trainer.features
+        try:
+            if cache is None:  # cache_features=true raises instead; kept for a clear message if that changes
+                raise HfTlError(f"{model}: the feature cache was not used")
+            train = features_of(cache, cache.train_dataset.rows)
+            evaluated = features_of(cache, cache.eval_dataset.rows)
+            cache.close()  # the model's own forward again, for the flop count
+            model_obj = trainer.model
+            costs = {
+                "family": family_of(model_obj),
+                "type": "CNN" if convolutional(model_obj) else "transformer",
+                "params": sum(p.numel() for p in model_obj.parameters()),
+                "gflops": forward_gflops(model_obj, trainer.preprocess.size),
+                **store_timing(cache, len(train) + len(evaluated)),
+                "feature_dim": int(train.shape[1]),
+                "num_train": len(train),
+                "num_eval": len(evaluated),
+                "feature_store": cache.report["location"].removeprefix("disk: "),
+                "reused_store": bool(cache.report.get("reused")),
+            }
+            result = Extracted(
+                train,
+                torch.tensor(cache.train_labels),
+                evaluated,
+                torch.tensor(cache.eval_labels),
+                list(splits.labels),
+                costs,
+            )
+        finally:
+            del trainer, cache
+            free_memory()
+    result.costs["candidate_seconds"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def features_of(cache: FeatureCache, rows: torch.Tensor) -> torch.Tensor:
+    """What the heads read for these store rows, as one float32 vector per image."""
+    parts = []
+    for part in cache.store:
+        x = part[rows].float()
+        if x.dim() == 4:  # (N, C, H, W): a head that pools first
+            x = x.mean(dim=(2, 3))
+        elif x.dim() == 3:  # (N, tokens, D): a head that averages tokens first
+            x = x.mean(dim=1)
+        parts.append(x.flatten(1))
+    return torch.cat(parts, dim=1).cpu()
+
+
+def forward_gflops(model: torch.nn.Module, size: tuple[int, int]) -> float:
+    """Forward GFLOPs of one image at the model's input size, counted by torch.utils.flop_counter."""
+    parameter = next(model.parameters())
+    pixels = torch.zeros(1, 3, *size, device=parameter.device, dtype=parameter.dtype)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.eval()(pixel_values=pixels)
+    return counter.get_total_flops() / 1e9
+
+
+def store_timing(cache: FeatureCache, images: int) -> dict:
+    """Seconds the frozen forward passes took, and images per second: this run's, or the reused store's own."""
+    seconds = cache.report.get("build_seconds")
+    if seconds is None:  # reused: the store records how long building it took
+        meta = Path(cache.report["location"].removeprefix("disk: ")) / META_FILE
+        seconds = json.loads(meta.read_text()).get("build_seconds")
+    if not seconds:
+        return {"extract_seconds": None, "images_per_second": None}
+    return {"extract_seconds": round(seconds, 3), "images_per_second": round(images / seconds, 1)}
+
+
+def free_memory() -> None:
+    """Candidates run one after another: each one's weights leave before the next loads."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

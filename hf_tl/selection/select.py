@@ -1,0 +1,193 @@
+"""What `hf-tl select` does: rank candidate backbones on a dataset by their frozen features, in minutes.
+
+For each candidate, one after another: its pre-head features over the training and validation images
+(`hf_tl.selection.extract`, through the feature store a `linear_probe` run uses), three scores on them
+(`hf_tl.selection.scores`: linear-probe and k-NN validation accuracy, LogME) and its costs. Each candidate's
+row is written to OUT/candidates/ as soon as it is done, so a killed `select` resumes where it stopped: a rerun
+with the same settings skips finished candidates and tries failed ones again. A candidate that fails (it cannot
+load, its input does not fit, out of memory) gets a row with the reason, and the ranking goes on.
+
+    OUT/ranking.csv, ranking.md   one row per candidate, every score and cost, ranked by probe accuracy
+    OUT/ranking.png               probe accuracy against GFLOPs per image, the Pareto front drawn
+    OUT/study.yaml                the top_k as a study: `hf-tl sweep study=OUT/study.yaml` runs it as written
+    OUT/sweep/, OUT/report/       with finetune=true: that sweep, its report, and the fine-tuned accuracies
+                                  beside the quick scores in the ranking
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import time
+from pathlib import Path
+
+import torch
+
+from hf_tl.config.commands import SelectArgs, SweepArgs
+from hf_tl.config.recipe import DataSection
+from hf_tl.errors import HfTlError, RecipeError, brief, scrub
+from hf_tl.runs.folder import METRICS_FILE, check_writable, write_json
+from hf_tl.runs.paths import slug
+from hf_tl.selection import ranking
+from hf_tl.selection.extract import data_section, extract, free_memory
+from hf_tl.selection.scores import score_all
+from hf_tl.selection.zoo import Candidate, candidates_for
+from hf_tl.studies.report import build_report
+from hf_tl.studies.study import load_study
+from hf_tl.studies.sweep import RUN_DIR, cell_dir, progress, run_sweep
+
+CANDIDATES_DIR = "candidates"
+SWEEP_DIR, REPORT_DIR = "sweep", "report"
+OUTPUT_FILES = (ranking.RANKING_CSV, ranking.RANKING_MD, ranking.RANKING_PNG, ranking.STUDY_FILE)
+SETTINGS = (  # what a finished candidate's row depends on: a rerun with other values scores it again
+    "dataset",
+    "config_name",
+    "eval_split",
+    "val_fraction",
+    "image_column",
+    "label_column",
+    "max_train_samples",
+    "max_eval_samples",
+    "precision",
+    "seed",
+)
+
+
+def output_folder(args: SelectArgs) -> Path:
+    return Path(args.out) if args.out else Path("selections") / slug(args.dataset)
+
+
+def run_select(args: SelectArgs) -> Path:
+    """Score every candidate not finished already, then write the ranking, its plot and the top-k study."""
+    candidates = candidates_for(args.models, args.zoo)
+    folder = output_folder(args)
+    check_writable(folder, "out", "selections/mine")
+    settings = {key: getattr(args, key) for key in SETTINGS}
+    rows: list[dict] = []
+    durations: list[float] = []
+    for i, candidate in enumerate(candidates):
+        path = folder / CANDIDATES_DIR / f"{slug(candidate.id)}.json"
+        row = finished_row(path, settings)
+        skipped = row is not None
+        if row is None:
+            print(f"select: {candidate.id} ({i + 1} of {len(candidates)}): extracting features", flush=True)
+            started = time.perf_counter()
+            row = score_candidate(candidate, args)
+            write_json(path, {**row, "settings": settings})
+            durations.append(time.perf_counter() - started)
+        rows.append(row)
+        failed = sum(r["status"] == "failed" for r in rows)
+        counts = progress(len(rows) - failed, failed, len(candidates) - len(rows), durations)
+        print(f"select: {described(row, skipped)} {counts}", flush=True)
+    return write_outputs(rows, folder, args)
+
+
+def finished_row(path: Path, settings: dict) -> dict | None:
+    """A candidate's row from an earlier run with the same settings, if it finished; else None (score it)."""
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if row.pop("settings", None) != settings or row.get("status") != "ok":
+        return None
+    return row
+
+
+def score_candidate(candidate: Candidate, args: SelectArgs) -> dict:
+    """The candidate's scores and costs; a row with the reason where it fails, so the ranking goes on."""
+    row = {"model": candidate.id, "family": candidate.family, "status": "ok", "reason": None}
+    try:
+        features = extract(candidate.id, args)
+        scores = score_all(features.train, features.train_labels, features.eval, features.eval_labels, seed=args.seed)
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:  # noqa: BLE001 - any candidate may fail in its own way; the others go on
+        free_memory()
+        return {**row, "status": "failed", "reason": failure_reason(error, args)}
+    family = features.costs.pop("family")
+    return {**row, "family": candidate.family or family, **scores, **features.costs}
+
+
+def failure_reason(error: BaseException, args: SelectArgs) -> str:
+    """One line: hf_tl's own message as it is; out of memory with the fix; anything else with its type."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return f"out of memory at batch_size={args.batch_size}; try a smaller batch_size"
+    if isinstance(error, (HfTlError, RecipeError)):
+        return scrub(brief(error))
+    return scrub(f"{type(error).__name__}: {brief(error)}")
+
+
+def described(row: dict, skipped: bool) -> str:
+    if row["status"] != "ok":
+        return f"{row['model']} failed: {row['reason']}"
+    earlier = " (finished earlier: skipped)" if skipped else ""
+    return (
+        f"{row['model']}: probe {row['probe_accuracy']:.3f}, k-NN {row['knn_accuracy']:.3f}, "
+        f"LogME {row['logme']:.3f}, {row['gflops']:.3g} GFLOPs/image{earlier}"
+    )
+
+
+def write_outputs(rows: list[dict], folder: Path, args: SelectArgs) -> Path:
+    """The ranking files, the top-k study; with finetune=true, its sweep and the fine-tuned accuracies."""
+    title = f"{dataset_entry(args)['key']}: {len(rows)} candidate(s)"
+    ranking.write_ranking(rows, folder, title)
+    if not any(row["status"] == "ok" for row in rows):
+        raise HfTlError(f"no candidate finished; why each failed is in {folder / ranking.RANKING_MD}.")
+    study = ranking.write_study(rows, folder, dataset_entry(args), args.top_k)
+    if args.finetune:
+        rows = with_finetuned(rows, finetune(study, folder))
+        ranking.write_ranking(rows, folder, title)
+    print((folder / ranking.RANKING_MD).read_text(), end="")
+    print(f"select: wrote {', '.join(str(folder / n) for n in OUTPUT_FILES)}")
+    if not args.finetune:
+        top = min(args.top_k, sum(row["status"] == "ok" for row in rows))
+        command = shlex.join(["hf-tl", "sweep", f"study={study}", f"out={folder / SWEEP_DIR}"])
+        print(f"fine-tune the top {top} (or run select again with finetune=true): {command}")
+    return folder
+
+
+def dataset_entry(args: SelectArgs) -> dict:
+    """The study's dataset: the same data and split `select` read (a local folder by its absolute path)."""
+    path = Path(args.dataset).expanduser()
+    dataset = str(path.resolve()) if path.exists() else args.dataset
+    recipe: dict = {}
+    data = changed(data_section(args), DataSection(dataset=args.dataset), skip=("dataset", "augment"))
+    if data:
+        recipe["data"] = data
+    if args.seed:  # the seed carves the validation split
+        recipe["training"] = {"seed": args.seed}
+    return {
+        "key": slug(Path(args.dataset).name or args.dataset),
+        "name": args.dataset,
+        "dataset": dataset,
+        "recipe": recipe,
+    }
+
+
+def changed(section: object, default: object, skip: tuple[str, ...]) -> dict:
+    """The fields of a recipe section that differ from the default section's."""
+    return {
+        f.name: getattr(section, f.name)
+        for f in dataclasses.fields(section)
+        if f.name not in skip and getattr(section, f.name) != getattr(default, f.name)
+    }
+
+
+def finetune(study: Path, folder: Path) -> Path:
+    """Run the top-k study with `hf-tl sweep`, then `hf-tl report` on it; the sweep folder."""
+    sweep = run_sweep(SweepArgs(study=str(study), out=str(folder / SWEEP_DIR)), [])
+    print(build_report([sweep], folder / REPORT_DIR, None))
+    return sweep
+
+
+def with_finetuned(rows: list[dict], sweep: Path) -> list[dict]:
+    """Each row with `<strategy>_accuracy` from the sweep's finished cells: fine-tuned beside the quick scores."""
+    study = load_study(str(sweep.parent / ranking.STUDY_FILE))
+    accuracy: dict[str, dict[str, float]] = {}
+    for cell in study.cells:
+        metrics = cell_dir(sweep, cell) / RUN_DIR / METRICS_FILE
+        if metrics.exists():
+            value = json.loads(metrics.read_text())["eval"]["accuracy"]
+            accuracy.setdefault(cell.backbone.model, {})[f"{cell.strategy.key}_accuracy"] = value
+    return [{**row, **accuracy.get(row["model"], {})} for row in rows]

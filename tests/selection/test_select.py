@@ -1,0 +1,191 @@
+"""`hf-tl select` end to end on tiny real-family checkpoints and scikit-learn's digits, offline."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_VIT, exit_status_of, run_cli
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoModelForImageClassification
+
+from hf_tl.cli.select import main
+from hf_tl.selection.ranking import RANKING_CSV, RANKING_MD, RANKING_PNG, STUDY_FILE
+from hf_tl.selection.select import CANDIDATES_DIR
+from hf_tl.studies.study import load_study
+
+
+@pytest.fixture
+def feature_cache(tmp_path, monkeypatch) -> Path:
+    """A feature cache of this test's own, so no other test's stores are reused here."""
+    folder = tmp_path / "features"
+    monkeypatch.setenv("HF_TL_CACHE", str(folder))
+    return folder
+
+
+def select(argv: list[str], capsys) -> tuple[int, str, str]:
+    """`hf-tl select` in this process: its exit status, stdout and stderr."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def ranking_rows(folder: Path) -> list[dict]:
+    with open(folder / RANKING_CSV, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_select_ranks_three_families_with_their_costs_and_writes_every_file(
+    tiny_vit, tiny_resnet, tiny_deit, digits_dir, tmp_path, feature_cache, capsys
+):
+    out = tmp_path / "selection"
+    models = f"models=[{tiny_vit},{tiny_resnet},{tiny_deit}]"
+    code, stdout, err = select([f"dataset={digits_dir}", models, f"out={out}", "top_k=2"], capsys)
+    assert code == 0, err
+    for name in (RANKING_CSV, RANKING_MD, RANKING_PNG, STUDY_FILE):
+        assert (out / name).is_file(), name
+    rows = {row["model"]: row for row in ranking_rows(out)}
+    assert set(rows) == {str(tiny_vit), str(tiny_resnet), str(tiny_deit)}
+    assert {rows[m]["family"] for m in rows} == {"vit", "resnet", "deit"}
+    assert all(row["status"] == "ok" for row in rows.values())
+    assert sorted(int(row["rank"]) for row in rows.values()) == [1, 2, 3]
+    assert int(rows[str(tiny_deit)]["feature_dim"]) == 2 * TINY_VIT["hidden_size"]  # both heads' tokens
+    assert int(rows[str(tiny_vit)]["feature_dim"]) == TINY_VIT["hidden_size"]
+    # 40 of each of 5 digits, a seeded tenth held out: what a training run on the same data sees
+    assert {(int(r["num_train"]), int(r["num_eval"])) for r in rows.values()} == {(180, 20)}
+    vit = AutoModelForImageClassification.from_pretrained(tiny_vit)
+    assert (
+        int(rows[str(tiny_vit)]["params"])
+        == sum(p.numel() for p in vit.parameters())
+        - sum(p.numel() for p in vit.classifier.parameters())
+        + (TINY_VIT["hidden_size"] + 1) * 5
+    )  # the head for the dataset's 5 classes
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        vit(pixel_values=torch.zeros(1, 3, 16, 16))
+    assert float(rows[str(tiny_vit)]["gflops"]) == pytest.approx(counter.get_total_flops() / 1e9, rel=0.05)
+    for row in rows.values():
+        assert 0 <= float(row["probe_accuracy"]) <= 1 and 0 <= float(row["knn_accuracy"]) <= 1
+        assert float(row["images_per_second"]) > 0 and float(row["extract_seconds"]) > 0
+    study = load_study(str(out / STUDY_FILE))
+    assert len(study.cells) == 4  # the top 2, each with last_block and full
+    best_two = sorted(rows.values(), key=lambda r: int(r["rank"]))[:2]
+    assert {c.backbone.model for c in study.cells} == {r["model"] for r in best_two}
+    assert {c.strategy.key for c in study.cells} == {"last_block", "full"}
+    assert "[3/3 done, 0 failed, 0 left]" in stdout
+    sweep = f"hf-tl sweep study={out / STUDY_FILE} out={out / 'sweep'}"
+    assert f"fine-tune the top 2 (or run select again with finetune=true): {sweep}" in stdout
+    pasted = run_cli(*shlex.split(sweep.replace("hf-tl", f"{sys.executable} -m hf_tl", 1)), "dry_run=true")
+    assert pasted.returncode == 0 and "4 cell recipe(s) written" in pasted.stdout, pasted.stderr[-2000:]
+
+
+def test_a_failed_candidate_gets_a_row_with_its_reason_and_the_ranking_goes_on(
+    tiny_vit, digits_dir, tmp_path, feature_cache, capsys
+):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no_such_family"}')
+    out = tmp_path / "selection"
+    code, err = exit_status_of(main, [f"dataset={digits_dir}", f"models=[{broken},{tiny_vit}]", f"out={out}"], capsys)
+    assert code == 0, err
+    rows = {row["model"]: row for row in ranking_rows(out)}
+    assert rows[str(tiny_vit)]["status"] == "ok" and rows[str(tiny_vit)]["rank"] == "1"
+    assert rows[str(broken)]["status"] == "failed" and rows[str(broken)]["rank"] == ""
+    assert "no_such_family" in rows[str(broken)]["reason"]
+    assert "no_such_family" in (out / RANKING_MD).read_text()
+    assert [c.backbone.model for c in load_study(str(out / STUDY_FILE)).cells] == [str(tiny_vit)] * 2
+
+
+def test_a_later_linear_probe_run_reuses_the_features_select_stored(
+    tiny_vit, digits_dir, tmp_path, feature_cache, capsys
+):
+    """The quickstart recipe holds out 0.2 of the training split: select does too, so the stores match."""
+    argv = [f"dataset={digits_dir}", f"models=[{tiny_vit}]", f"out={tmp_path / 's'}", "val_fraction=0.2"]
+    code, err = exit_status_of(main, argv, capsys)
+    assert code == 0, err
+    assert len(list(feature_cache.glob("*/meta.json"))) == 1
+    done = run_cli(
+        sys.executable, "-m", "hf_tl.train", "recipe=quickstart", f"model.name={tiny_vit}",
+        f"data.dataset={digits_dir}", "strategy.kind=linear_probe", "data.augment=none", "training.epochs=1",
+        f"output.dir={tmp_path / 'run'}", HF_TL_CACHE=str(feature_cache),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "feature cache: reusing" in done.stdout + done.stderr
+    assert len(list(feature_cache.glob("*/meta.json"))) == 1  # nothing new was built
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["models=[a,b]", "zoo=miniature"], "give models=[...] or zoo=NAME, not both"),
+        ([], "no candidates: give models=[id1,id2,...]"),
+        (["models=[a,a]"], "models lists a more than once"),
+        (["zoo=no_such_zoo"], "no_such_zoo"),
+        (["models=[a]", "top_k=0"], "top_k"),
+    ],
+)
+def test_bad_candidates_are_refused_before_any_work(argv, says, tmp_path, capsys):
+    code, err = exit_status_of(main, ["dataset=x", f"out={tmp_path / 's'}", *argv], capsys)
+    assert code == 2 and says in err and err.startswith("error:")
+    assert not (tmp_path / "s").exists()
+
+
+def test_no_candidates_names_the_shipped_zoos(capsys):
+    from hf_tl.selection.zoo import available_zoos
+
+    _, err = exit_status_of(main, ["dataset=x"], capsys)
+    assert all(zoo in err for zoo in available_zoos())
+
+
+@pytest.mark.slow
+def test_a_killed_select_resumes_and_skips_finished_candidates(
+    tiny_vit, tiny_resnet, tiny_deit, digits_dir, tmp_path, feature_cache
+):
+    out = tmp_path / "selection"
+    models = [str(tiny_vit), str(tiny_resnet), str(tiny_deit)]
+    argv = [sys.executable, "-m", "hf_tl", "select", f"dataset={digits_dir}", f"models=[{','.join(models)}]"]
+    argv.append(f"out={out}")
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((out / CANDIDATES_DIR).glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    first = [json.loads(p.read_text())["model"] for p in (out / CANDIDATES_DIR).glob("*.json")]
+    assert first and len(first) < 3, "the kill came after every candidate had finished"
+    assert not (out / RANKING_CSV).exists()
+    done = run_cli(*argv, HF_TL_CACHE=str(feature_cache))
+    assert done.returncode == 0, done.stderr[-3000:]
+    for model in first:
+        assert f"{model}: probe" in done.stdout and "(finished earlier: skipped)" in done.stdout
+    assert {row["model"] for row in ranking_rows(out)} == set(models)
+
+
+@pytest.mark.slow
+def test_finetune_runs_the_top_k_study_as_written_and_puts_its_accuracies_beside_the_scores(
+    tiny_vit, tiny_resnet, digits_dir, tmp_path, feature_cache, capsys
+):
+    out = tmp_path / "selection"
+    argv = [f"dataset={digits_dir}", f"models=[{tiny_vit},{tiny_resnet}]", f"out={out}", "top_k=1", "finetune=true"]
+    code, err = exit_status_of(main, argv, capsys)
+    assert code == 0, err
+    rows = ranking_rows(out)
+    best = next(r for r in rows if r["rank"] == "1")
+    for strategy in ("last_block", "full"):
+        assert 0 <= float(best[f"{strategy}_accuracy"]) <= 1
+    other = next(r for r in rows if r["rank"] == "2")
+    assert other["last_block_accuracy"] == other["full_accuracy"] == ""  # not in the top 1: not fine-tuned
+    assert (out / "report" / "report.md").is_file()
+    assert "last_block" in (out / RANKING_MD).read_text()
