@@ -67,6 +67,41 @@ def parse_key_values(schema: type, argv: list[str]) -> Any:
     return args
 
 
+def split_overrides(
+    schema: type, argv: list[str], command: str, example: str, sections: Sequence[str] = tuple(SECTIONS)
+) -> tuple[list[str], list[str]]:
+    """A command's own `key=value` arguments (for `parse_key_values` on `schema`) and dotted recipe overrides
+    (training.epochs=2) apart: the overrides go to every run the command starts; output.dir, which the command
+    chooses, is refused."""
+    own = [f.name for f in dataclasses.fields(schema)]
+    mine, overrides = [], []
+    for arg in argv:
+        key = arg.split("=", 1)[0]
+        if "=" not in arg:
+            raise RecipeError(f"argument '{arg}' is not of the form key=value (e.g. {example}).")
+        if "${" in arg:
+            raise RecipeError(f"argument '{arg}': interpolations are not allowed.")
+        if key in own:
+            mine.append(arg)
+        elif "." in key and key.split(".")[0] in sections:
+            overrides.append(arg)
+        else:
+            example_overrides = ", ".join(f"{s}.{EXAMPLE_KEYS[s]}" for s in sections if s in EXAMPLE_KEYS)
+            raise RecipeError(
+                f"unknown key '{key}'.{did_you_mean(key, own)}\n  {command} keys: {', '.join(own)}\n"
+                f"  recipe overrides, applied to every run {command} starts, are dotted "
+                f"({', '.join(sections)} sections): {example_overrides}"
+            )
+    if any(o.startswith("output.dir=") for o in overrides):
+        raise RecipeError(
+            f"output.dir is the {command}'s to choose (one folder per run); set the {command}'s folder with out=."
+        )
+    return mine, overrides
+
+
+EXAMPLE_KEYS = {"training": "epochs=2", "data": "max_train_samples=64", "strategy": "kind=full"}
+
+
 def _place_bare(arg: str, fields: Sequence[dataclasses.Field], given: dict[str, Any], valid: list[str]) -> None:
     """A bare word goes to the first positional key not yet given, or is added to a positional list."""
     for f in fields:

@@ -5,12 +5,10 @@ What it does and writes: `hf_tl.studies.sweep`.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
-from hf_tl.cli.arguments import command_help, parse_key_values, wants_help
+from hf_tl.cli.arguments import command_help, parse_key_values, split_overrides, wants_help
 from hf_tl.config.commands import SweepArgs
-from hf_tl.config.recipe import SECTIONS, did_you_mean
 from hf_tl.errors import RecipeError, cli
 
 OVERRIDES = (
@@ -21,27 +19,7 @@ OVERRIDES = (
 
 def parse_args(argv: list[str]) -> tuple[SweepArgs, list[str]]:
     """Split `key=value` arguments into the sweep's own and recipe overrides (dotted keys)."""
-    own = [f.name for f in dataclasses.fields(SweepArgs)]
-    mine, overrides = [], []
-    for arg in argv:
-        key = arg.split("=", 1)[0]
-        if "=" not in arg:
-            raise RecipeError(f"argument '{arg}' is not of the form key=value (e.g. study=malpure2021).")
-        if "${" in arg:
-            raise RecipeError(f"argument '{arg}': interpolations are not allowed.")
-        if key in own:
-            mine.append(arg)
-        elif "." in key and key.split(".")[0] in SECTIONS:
-            overrides.append(arg)
-        else:
-            raise RecipeError(
-                f"unknown key '{key}'.{did_you_mean(key, own)}\n  sweep keys: {', '.join(own)}\n"
-                "  recipe overrides, applied to every cell, are dotted: training.epochs=2, data.max_train_samples=64"
-            )
-    if any(o.startswith("output.dir=") for o in overrides):
-        raise RecipeError(
-            "output.dir is the sweep's to choose (one folder per cell); set the sweep's folder with out=."
-        )
+    mine, overrides = split_overrides(SweepArgs, argv, "sweep", "study=malpure2021")
     if not any(arg.startswith("study=") for arg in mine):
         raise RecipeError("no study given: start with study=NAME (malpure2021, malpure2021_repo, zhou2021) or a path.")
     return parse_key_values(SweepArgs, mine), overrides

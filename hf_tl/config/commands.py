@@ -130,7 +130,9 @@ class SelectArgs:
     max_eval_samples: Optional[int] = same_option(DataSection, "max_eval_samples")
     batch_size: int = option(64, "Images per frozen forward pass.", min=1)
     precision: str = same_option(TrainingSection, "precision")
-    seed: int = option(0, "Seed of the validation carve, the subsampling and the probe.")
+    seed: int = option(
+        TrainingSection.seed, "Seed of the validation carve, the subsampling and the probe; a training run's default."
+    )
     top_k: int = option(3, "How many of the best candidates the study file (and finetune=true) takes.", min=1)
     finetune: bool = option(False, "Then fine-tune the top_k with last_block and full (`hf-tl sweep`), and report.")
     out: Optional[str] = option(None, "Output folder; default selections/<dataset>/.")

@@ -311,9 +311,18 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
     raw = _read_yaml(path)
     for change in upgrade_written(raw):
         warn(f"{path}: {change}")
+    return _typed(raw, {"name": path.stem}, overrides)
+
+
+def with_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """A recipe built in code, with command-line overrides applied and checked as a loaded recipe's are."""
+    return _typed(OmegaConf.structured(recipe), {}, overrides)
+
+
+def _typed(raw: DictConfig, name: dict, overrides: list[str]) -> Recipe:
     schema = OmegaConf.structured(Recipe)
     try:
-        merged = OmegaConf.merge(schema, raw, {"name": path.stem}, _dotlist(overrides))
+        merged = OmegaConf.merge(schema, raw, name, _dotlist(overrides))
     except errors.ConfigKeyError as e:
         raise RecipeError(_unknown_key_message(e.full_key)) from None
     except errors.ValidationError as e:
@@ -323,7 +332,7 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
     _check_missing(merged)
     _expand_assets(merged)
     recipe: Recipe = OmegaConf.to_object(merged)
-    _check_values(recipe)
+    check_values(recipe)
     return recipe
 
 
@@ -410,7 +419,8 @@ def check_options(obj: Any, prefix: str = "", what: str = "recipe key") -> None:
             raise RecipeError(f"{what} '{key}' got {value}; it must be at least {low}.")
 
 
-def _check_values(recipe: Recipe) -> None:
+def check_values(recipe: Recipe) -> None:
+    """What the schema cannot say: ranges, and values that only make sense together."""
     for key in ("cache_features", "channels_last"):  # YAML reads true/false as booleans, OmegaConf as 'True'
         setattr(recipe.training, key, str(getattr(recipe.training, key)).lower())
     for section_name in SECTIONS:

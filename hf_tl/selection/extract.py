@@ -20,10 +20,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hf_tl.config.commands import SelectArgs
-from hf_tl.config.recipe import DataSection, ModelSection, OutputSection, Recipe, StrategySection, TrainingSection
 from hf_tl.errors import HfTlError
 from hf_tl.models.families import convolutional, family_of
+from hf_tl.selection.recipe import candidate_recipe
 from hf_tl.training.cache.features import META_FILE, FeatureCache
+from hf_tl.training.trainer import HfTlTrainer
 
 
 @dataclass
@@ -38,83 +39,45 @@ class Extracted:
     costs: dict
 
 
-def candidate_recipe(model: str, args: SelectArgs, work_dir: Path) -> Recipe:
-    """The `linear_probe` recipe whose feature store holds this candidate's features (augment none: one view)."""
-    return Recipe(
-        name="select",
-        model=ModelSection(name=model, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle),
-        strategy=StrategySection(kind="linear_probe"),
-        data=data_section(args),
-        training=TrainingSection(
-            epochs=1,
-            batch_size=args.batch_size,
-            precision=args.precision,
-            seed=args.seed,
-            cache_features="true",
-            cache_storage="disk",
-        ),
-        output=OutputSection(dir=str(work_dir)),
-    )
-
-
-def data_section(args: SelectArgs) -> DataSection:
-    """The data as `select` reads it; a sweep of the top candidates reads the same split (`data_overrides`)."""
-    return DataSection(
-        dataset=args.dataset,
-        config_name=args.config_name,
-        eval_split=args.eval_split,
-        val_fraction=args.val_fraction,
-        image_column=args.image_column,
-        label_column=args.label_column,
-        max_train_samples=args.max_train_samples,
-        max_eval_samples=args.max_eval_samples,
-        augment="none",
-        num_workers=args.num_workers,
-        on_bad_image=args.on_bad_image,
-    )
-
-
 def extract(model: str, args: SelectArgs) -> Extracted:
     """Load the candidate, fill (or reuse) its feature store, read the features back, count its costs, free it."""
     from hf_tl.training.run import build_trainer
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hf_tl-select-") as work:
-        recipe = candidate_recipe(model, args, Path(work))
-        trainer, splits, _, _ = build_trainer(recipe, Path(work))
-        cache = trainer.features
+        trainer, splits, _, _ = build_trainer(candidate_recipe(model, args, Path(work)), Path(work))
         try:
-            if cache is None:  # cache_features=true raises instead; kept for a clear message if that changes
-                raise HfTlError(f"{model}: the feature cache was not used")
-            train = features_of(cache, cache.train_dataset.rows)
-            evaluated = features_of(cache, cache.eval_dataset.rows)
-            cache.close()  # the model's own forward again, for the flop count
-            model_obj = trainer.model
-            costs = {
-                "family": family_of(model_obj),
-                "type": "CNN" if convolutional(model_obj) else "transformer",
-                "params": sum(p.numel() for p in model_obj.parameters()),
-                "gflops": forward_gflops(model_obj, trainer.preprocess.size),
-                **store_timing(cache, len(train) + len(evaluated)),
-                "feature_dim": int(train.shape[1]),
-                "num_train": len(train),
-                "num_eval": len(evaluated),
-                "feature_store": cache.report["location"].removeprefix("disk: "),
-                "reused_store": bool(cache.report.get("reused")),
-            }
-            result = Extracted(
-                train,
-                torch.tensor(cache.train_labels),
-                evaluated,
-                torch.tensor(cache.eval_labels),
-                list(splits.labels),
-                costs,
-            )
+            result = read_features(trainer, list(splits.labels))
         finally:
-            del trainer, cache
+            del trainer
             free_memory()
     result.costs["candidate_seconds"] = round(time.perf_counter() - started, 3)
     return result
+
+
+def read_features(trainer: HfTlTrainer, labels: list[str]) -> Extracted:
+    """The features in the trainer's store, then the model's costs with its own forward back."""
+    cache = trainer.features
+    if cache is None:  # cache_features=true raises instead; kept for a clear message if that changes
+        raise HfTlError("the feature cache was not used")
+    train = features_of(cache, cache.train_dataset.rows)
+    evaluated = features_of(cache, cache.eval_dataset.rows)
+    cache.close()  # the model's own forward again, for the flop count
+    model = trainer.model
+    costs = {
+        "family": family_of(model),
+        "type": "CNN" if convolutional(model) else "transformer",
+        "params": sum(p.numel() for p in model.parameters()),
+        "gflops": forward_gflops(model, trainer.preprocess.size),
+        **store_timing(cache, len(train) + len(evaluated)),
+        "feature_dim": int(train.shape[1]),
+        "num_train": len(train),
+        "num_eval": len(evaluated),
+        "feature_store": cache.report["location"].removeprefix("disk: "),
+        "reused_store": bool(cache.report.get("reused")),
+    }
+    train_labels, eval_labels = torch.tensor(cache.train_labels), torch.tensor(cache.eval_labels)
+    return Extracted(train, train_labels, evaluated, eval_labels, labels, costs)
 
 
 def features_of(cache: FeatureCache, rows: torch.Tensor) -> torch.Tensor:

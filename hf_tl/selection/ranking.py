@@ -275,14 +275,14 @@ def write_study(rows: list[dict], folder: Path, dataset: dict, top_k: int) -> Pa
 
 
 def _dataset_entry(dataset: dict) -> dict:
-    entry = {"key": _key(dataset["key"]), "name": str(dataset["name"]), "dataset": _located(dataset["dataset"])}
+    entry = {"key": _key(dataset["key"]), "name": str(dataset["name"]), "dataset": located(dataset["dataset"])}
     return {**entry, "recipe": _plain(dataset.get("recipe") or {})}
 
 
 def _backbone_entries(chosen: list[dict]) -> list[dict]:
     entries, keys = [], set()
     for rank, row in enumerate(chosen, start=1):
-        model = _located(row["model"])
+        model = located(row["model"])
         key = _unique_key(row["model"], keys)
         keys.add(key)
         entries.append(
@@ -320,7 +320,7 @@ def _key(text: str) -> str:
     return key.lstrip("_.-") or "model"
 
 
-def _located(model: str) -> str:
+def located(model: str) -> str:
     """A local folder as an absolute path, so the study runs from any directory; a Hub id as it is."""
     text = str(model)
     path = Path(text).expanduser()

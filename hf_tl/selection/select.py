@@ -17,6 +17,7 @@ load, its input does not fit, out of memory) gets a row with the reason, and the
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shlex
 import time
@@ -26,11 +27,14 @@ import torch
 
 from hf_tl.config.commands import SelectArgs, SweepArgs
 from hf_tl.config.recipe import DataSection
+from hf_tl.data.datasets import load_splits
 from hf_tl.errors import HfTlError, RecipeError, brief, scrub
 from hf_tl.runs.folder import METRICS_FILE, check_writable, write_json
 from hf_tl.runs.paths import slug
 from hf_tl.selection import ranking
-from hf_tl.selection.extract import data_section, extract, free_memory
+from hf_tl.selection.extract import extract, free_memory
+from hf_tl.selection.ranking import located
+from hf_tl.selection.recipe import data_section
 from hf_tl.selection.scores import score_all
 from hf_tl.selection.zoo import Candidate, candidates_for
 from hf_tl.studies.report import build_report
@@ -58,16 +62,18 @@ def output_folder(args: SelectArgs) -> Path:
     return Path(args.out) if args.out else Path("selections") / slug(args.dataset)
 
 
-def run_select(args: SelectArgs) -> Path:
-    """Score every candidate not finished already, then write the ranking, its plot and the top-k study."""
+def run_select(args: SelectArgs, overrides: list[str] = ()) -> Path:
+    """Score every candidate not finished already, then write the ranking, its plot and the top-k study.
+    `overrides` (training.*) go to the fine-tunings: finetune=true's, and the sweep command printed."""
     candidates = candidates_for(args.models, args.zoo)
     folder = output_folder(args)
     check_writable(folder, "out", "selections/mine")
-    settings = {key: getattr(args, key) for key in SETTINGS}
+    load_splits(data_section(args), args.seed)  # a missing dataset or column fails once, before any model loads
     rows: list[dict] = []
     durations: list[float] = []
     for i, candidate in enumerate(candidates):
-        path = folder / CANDIDATES_DIR / f"{slug(candidate.id)}.json"
+        path = folder / CANDIDATES_DIR / row_file(candidate.id)
+        settings = {**{key: getattr(args, key) for key in SETTINGS}, "model": fingerprint(candidate.id)}
         row = finished_row(path, settings)
         skipped = row is not None
         if row is None:
@@ -80,7 +86,22 @@ def run_select(args: SelectArgs) -> Path:
         failed = sum(r["status"] == "failed" for r in rows)
         counts = progress(len(rows) - failed, failed, len(candidates) - len(rows), durations)
         print(f"select: {described(row, skipped)} {counts}", flush=True)
-    return write_outputs(rows, folder, args)
+    return write_outputs(rows, folder, args, list(overrides))
+
+
+def row_file(model: str) -> str:
+    """The candidate's file: readable, and distinct for two folders whose last parts are alike."""
+    return f"{slug(model)}-{hashlib.sha256(located(model).encode()).hexdigest()[:8]}.json"
+
+
+def fingerprint(model: str) -> dict:
+    """The candidate as its result depends on it: the id, and for a local folder its files' sizes and times,
+    so a checkpoint trained again in the same folder is scored again."""
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return {"id": model}
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    return {"id": located(model), "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
 
 
 def finished_row(path: Path, settings: dict) -> dict | None:
@@ -103,8 +124,12 @@ def score_candidate(candidate: Candidate, args: SelectArgs) -> dict:
     except KeyboardInterrupt:
         raise
     except Exception as error:  # noqa: BLE001 - any candidate may fail in its own way; the others go on
-        free_memory()
-        return {**row, "status": "failed", "reason": failure_reason(error, args)}
+        reason = failure_reason(error, args)
+    else:
+        reason = None
+    if reason is not None:
+        free_memory()  # outside the handler: the traceback no longer holds the candidate's frames
+        return {**row, "status": "failed", "reason": reason}
     family = features.costs.pop("family")
     return {**row, "family": candidate.family or family, **scores, **features.costs}
 
@@ -128,7 +153,7 @@ def described(row: dict, skipped: bool) -> str:
     )
 
 
-def write_outputs(rows: list[dict], folder: Path, args: SelectArgs) -> Path:
+def write_outputs(rows: list[dict], folder: Path, args: SelectArgs, overrides: list[str]) -> Path:
     """The ranking files, the top-k study; with finetune=true, its sweep and the fine-tuned accuracies."""
     title = f"{dataset_entry(args)['key']}: {len(rows)} candidate(s)"
     ranking.write_ranking(rows, folder, title)
@@ -136,13 +161,13 @@ def write_outputs(rows: list[dict], folder: Path, args: SelectArgs) -> Path:
         raise HfTlError(f"no candidate finished; why each failed is in {folder / ranking.RANKING_MD}.")
     study = ranking.write_study(rows, folder, dataset_entry(args), args.top_k)
     if args.finetune:
-        rows = with_finetuned(rows, finetune(study, folder))
+        rows = with_finetuned(rows, finetune(study, folder, overrides))
         ranking.write_ranking(rows, folder, title)
     print((folder / ranking.RANKING_MD).read_text(), end="")
     print(f"select: wrote {', '.join(str(folder / n) for n in OUTPUT_FILES)}")
     if not args.finetune:
         top = min(args.top_k, sum(row["status"] == "ok" for row in rows))
-        command = shlex.join(["hf-tl", "sweep", f"study={study}", f"out={folder / SWEEP_DIR}"])
+        command = shlex.join(["hf-tl", "sweep", f"study={study}", f"out={folder / SWEEP_DIR}", *overrides])
         print(f"fine-tune the top {top} (or run select again with finetune=true): {command}")
     return folder
 
@@ -155,8 +180,7 @@ def dataset_entry(args: SelectArgs) -> dict:
     data = changed(data_section(args), DataSection(dataset=args.dataset), skip=("dataset", "augment"))
     if data:
         recipe["data"] = data
-    if args.seed:  # the seed carves the validation split
-        recipe["training"] = {"seed": args.seed}
+    recipe["training"] = {"seed": args.seed}  # it carves the validation split: the sweep's is select's
     return {
         "key": slug(Path(args.dataset).name or args.dataset),
         "name": args.dataset,
@@ -174,9 +198,9 @@ def changed(section: object, default: object, skip: tuple[str, ...]) -> dict:
     }
 
 
-def finetune(study: Path, folder: Path) -> Path:
+def finetune(study: Path, folder: Path, overrides: list[str]) -> Path:
     """Run the top-k study with `hf-tl sweep`, then `hf-tl report` on it; the sweep folder."""
-    sweep = run_sweep(SweepArgs(study=str(study), out=str(folder / SWEEP_DIR)), [])
+    sweep = run_sweep(SweepArgs(study=str(study), out=str(folder / SWEEP_DIR)), overrides)
     print(build_report([sweep], folder / REPORT_DIR, None))
     return sweep
 
@@ -190,4 +214,4 @@ def with_finetuned(rows: list[dict], sweep: Path) -> list[dict]:
         if metrics.exists():
             value = json.loads(metrics.read_text())["eval"]["accuracy"]
             accuracy.setdefault(cell.backbone.model, {})[f"{cell.strategy.key}_accuracy"] = value
-    return [{**row, **accuracy.get(row["model"], {})} for row in rows]
+    return [{**row, **accuracy.get(located(row["model"]), {})} for row in rows]

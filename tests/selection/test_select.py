@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_VIT, exit_status_of, run_cli
+from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForImageClassification
 
@@ -52,7 +54,8 @@ def test_select_ranks_three_families_with_their_costs_and_writes_every_file(
 ):
     out = tmp_path / "selection"
     models = f"models=[{tiny_vit},{tiny_resnet},{tiny_deit}]"
-    code, stdout, err = select([f"dataset={digits_dir}", models, f"out={out}", "top_k=2"], capsys)
+    argv = [f"dataset={digits_dir}", models, f"out={out}", "top_k=2", "training.epochs=1"]
+    code, stdout, err = select(argv, capsys)
     assert code == 0, err
     for name in (RANKING_CSV, RANKING_MD, RANKING_PNG, STUDY_FILE):
         assert (out / name).is_file(), name
@@ -85,7 +88,7 @@ def test_select_ranks_three_families_with_their_costs_and_writes_every_file(
     assert {c.backbone.model for c in study.cells} == {r["model"] for r in best_two}
     assert {c.strategy.key for c in study.cells} == {"last_block", "full"}
     assert "[3/3 done, 0 failed, 0 left]" in stdout
-    sweep = f"hf-tl sweep study={out / STUDY_FILE} out={out / 'sweep'}"
+    sweep = f"hf-tl sweep study={out / STUDY_FILE} out={out / 'sweep'} training.epochs=1"  # the overrides too
     assert f"fine-tune the top 2 (or run select again with finetune=true): {sweep}" in stdout
     pasted = run_cli(*shlex.split(sweep.replace("hf-tl", f"{sys.executable} -m hf_tl", 1)), "dry_run=true")
     assert pasted.returncode == 0 and "4 cell recipe(s) written" in pasted.stdout, pasted.stderr[-2000:]
@@ -111,8 +114,8 @@ def test_a_failed_candidate_gets_a_row_with_its_reason_and_the_ranking_goes_on(
 def test_a_later_linear_probe_run_reuses_the_features_select_stored(
     tiny_vit, digits_dir, tmp_path, feature_cache, capsys
 ):
-    """The quickstart recipe holds out 0.2 of the training split: select does too, so the stores match."""
-    argv = [f"dataset={digits_dir}", f"models=[{tiny_vit}]", f"out={tmp_path / 's'}", "val_fraction=0.2"]
+    """The quickstart recipe holds out 0.2 of the training split with seed 0: select does too, so the stores match."""
+    argv = [f"dataset={digits_dir}", f"models=[{tiny_vit}]", f"out={tmp_path / 's'}", "val_fraction=0.2", "seed=0"]
     code, err = exit_status_of(main, argv, capsys)
     assert code == 0, err
     assert len(list(feature_cache.glob("*/meta.json"))) == 1
@@ -134,12 +137,47 @@ def test_a_later_linear_probe_run_reuses_the_features_select_stored(
         (["models=[a,a]"], "models lists a more than once"),
         (["zoo=no_such_zoo"], "no_such_zoo"),
         (["models=[a]", "top_k=0"], "top_k"),
+        (["models=[a]", "data.max_train_samples=5"], "unknown key 'data.max_train_samples'"),
+        (["models=[a]", "training.lrr=1"], "training.lrr"),
+        (["models=[a]", "training.epochs=-1"], "training.epochs"),
     ],
 )
 def test_bad_candidates_are_refused_before_any_work(argv, says, tmp_path, capsys):
     code, err = exit_status_of(main, ["dataset=x", f"out={tmp_path / 's'}", *argv], capsys)
     assert code == 2 and says in err and err.startswith("error:")
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, code, says",
+    [
+        (["val_fraction=1.5"], 2, "'data.val_fraction' got 1.5"),
+        (["label_column=nope"], 1, "nope"),
+        (["dataset=/no/such/folder"], 1, "/no/such/folder"),
+    ],
+)
+def test_data_mistakes_stop_select_once_before_any_candidate(argv, code, says, tiny_vit, digits_dir, tmp_path, capsys):
+    out = tmp_path / "s"
+    status, stdout, err = select([f"dataset={digits_dir}", f"models=[{tiny_vit}]", f"out={out}", *argv], capsys)
+    assert status == code and says in err, err
+    assert err.startswith("error:") and err.count("error:") == 1 and "Traceback" not in err
+    assert "extracting features" not in stdout and not (out / CANDIDATES_DIR).exists()
+
+
+def test_two_folders_with_the_same_last_parts_are_two_candidates(
+    tiny_vit, tiny_resnet, digits_dir, tmp_path, feature_cache, capsys
+):
+    first, second = tmp_path / "a" / "x" / "m", tmp_path / "b" / "x" / "m"
+    shutil.copytree(tiny_vit, first)
+    shutil.copytree(tiny_resnet, second)
+    out = tmp_path / "s"
+    argv = [f"dataset={digits_dir}", f"models=[{first},{second}]", f"out={out}"]
+    code, stdout, err = select(argv, capsys)
+    assert code == 0 and "skipped" not in stdout, err
+    assert {r["model"]: r["family"] for r in ranking_rows(out)} == {str(first): "vit", str(second): "resnet"}
+    (first / "config.json").touch()  # trained again in place: scored again; the other is skipped
+    code, stdout, err = select(argv, capsys)
+    assert code == 0 and f"{second}: probe" in stdout and stdout.count("(finished earlier: skipped)") == 1, stdout
 
 
 def test_no_candidates_names_the_shipped_zoos(capsys):
@@ -175,17 +213,25 @@ def test_a_killed_select_resumes_and_skips_finished_candidates(
 
 @pytest.mark.slow
 def test_finetune_runs_the_top_k_study_as_written_and_puts_its_accuracies_beside_the_scores(
-    tiny_vit, tiny_resnet, digits_dir, tmp_path, feature_cache, capsys
+    tiny_vit, tiny_resnet, tiny_deit, digits_dir, tmp_path, feature_cache, capsys, monkeypatch
 ):
+    monkeypatch.chdir(tiny_vit.parent)  # one candidate by a relative path, as a user types it
     out = tmp_path / "selection"
-    argv = [f"dataset={digits_dir}", f"models=[{tiny_vit},{tiny_resnet}]", f"out={out}", "top_k=1", "finetune=true"]
-    code, err = exit_status_of(main, argv, capsys)
+    models = f"models=[{tiny_vit.name},{tiny_resnet},{tiny_deit}]"
+    argv = [f"dataset={digits_dir}", models, f"out={out}", "top_k=2", "finetune=true", "training.epochs=2"]
+    code, _, err = select(argv, capsys)
     assert code == 0, err
     rows = ranking_rows(out)
-    best = next(r for r in rows if r["rank"] == "1")
-    for strategy in ("last_block", "full"):
-        assert 0 <= float(best[f"{strategy}_accuracy"]) <= 1
-    other = next(r for r in rows if r["rank"] == "2")
-    assert other["last_block_accuracy"] == other["full_accuracy"] == ""  # not in the top 1: not fine-tuned
+    for row in rows[:2]:
+        for strategy in ("last_block", "full"):
+            assert 0 <= float(row[f"{strategy}_accuracy"]) <= 1, row
+    assert rows[2]["last_block_accuracy"] == rows[2]["full_accuracy"] == ""  # not in the top 2: not fine-tuned
+    study = load_study(str(out / STUDY_FILE))
+    assert study.cells[0].recipe(study.spec.base)["training"]["seed"] == 42  # select's split, a run's default seed
+    runs = list((out / "sweep").rglob("metrics.json"))
+    assert len(runs) == 4
+    for metrics in runs:
+        assert json.loads(metrics.read_text())["eval_split"] == "train[10% held out, seed 42]"
+        assert OmegaConf.load(metrics.parent / "recipe.yaml").training.epochs == 2  # the override reached it
     assert (out / "report" / "report.md").is_file()
     assert "last_block" in (out / RANKING_MD).read_text()
