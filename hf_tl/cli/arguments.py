@@ -53,11 +53,14 @@ def parse_key_values(schema: type, argv: list[str]) -> Any:
         merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(given), OmegaConf.from_dotlist(dotlist))
     except errors.ValidationError as e:
         field = next(f for f in fields if f.name == e.full_key)
-        bare = (
-            f" Give them as bare words: {e.value} ..." if field.metadata.get("positional") and _is_list(field) else ""
-        )
+        hint = ""
+        if _is_list(field):  # a positional list takes bare words; any other, brackets
+            positional = field.metadata.get("positional")
+            hint = (
+                f" Give them as bare words: {e.value} ..." if positional else f" Use brackets: {e.full_key}=[{e.value}]"
+            )
         raise RecipeError(
-            f"key '{e.full_key}' got {e.value!r}, which is not a valid {type_name(field.type)}.{bare}"
+            f"key '{e.full_key}' got {e.value!r}, which is not a valid {type_name(field.type)}.{hint}"
         ) from None
     for f in fields:
         if OmegaConf.is_missing(merged, f.name):

@@ -340,15 +340,14 @@ def _scores_note(rank: int, row: dict) -> str:
 
 def _study_header(path: Path, chosen: int, finished: int, dataset_name: str) -> str:
     study = shlex.quote(str(path.resolve()))
-    sweep = shlex.quote(str(path.resolve().parent / "sweep"))
     on_one_line = " ".join(str(dataset_name).split())  # a comment ends at a line break
     return (
         f"# Written by hf-tl select: the top {chosen} of {finished} finished candidate(s) on {on_one_line},\n"
         f"# ranked by linear-probe accuracy on frozen features ({RANKING_MD} beside this file), each fine-tuned\n"
-        "# two ways: the last block (lr 1e-4, as malpure2021) and fully (lr 3e-5, as zhou2021). Edit it freely.\n"
-        f"#   hf-tl sweep study={study} out={sweep}\n"
-        f"#   hf-tl report {sweep}\n"
-        "# (without out=, the sweep folder is runs/sweeps/study under the current directory).\n"
+        "# two ways: the last block (lr 1e-4, as malpure2021) and fully (lr 3e-5, as zhou2021), settings made for\n"
+        "# ImageNet-size backbones: give small or barely pretrained ones overrides (training.lr=2e-3 ...).\n"
+        f"#   hf-tl sweep study={study} [training.epochs=20 ...]   (select prints it with its own out=)\n"
+        "#   hf-tl report runs/sweeps/study   (the sweep's folder when no out= is given)\n"
     )
 
 

@@ -28,7 +28,9 @@ import torch
 from hf_tl.config.commands import SelectArgs, SweepArgs
 from hf_tl.config.recipe import DataSection
 from hf_tl.data.datasets import load_splits
+from hf_tl.device import no_accelerator
 from hf_tl.errors import HfTlError, RecipeError, brief, scrub
+from hf_tl.progress import library_bars
 from hf_tl.runs.folder import METRICS_FILE, check_writable, write_json
 from hf_tl.runs.paths import slug
 from hf_tl.selection import ranking
@@ -59,16 +61,36 @@ SETTINGS = (  # what a finished candidate's row depends on: a rerun with other v
 
 
 def output_folder(args: SelectArgs) -> Path:
-    return Path(args.out) if args.out else Path("selections") / slug(args.dataset)
+    return Path(args.out) if args.out else Path("selections") / dataset_key(args.dataset)
+
+
+def dataset_key(dataset: str) -> str:
+    """A local folder by its own name, a Hub id as owner--name: the default folder and the study's key."""
+    path = Path(dataset).expanduser()
+    return slug(path.resolve().name if path.exists() else dataset)
 
 
 def run_select(args: SelectArgs, overrides: list[str] = ()) -> Path:
     """Score every candidate not finished already, then write the ranking, its plot and the top-k study.
     `overrides` (training.*) go to the fine-tunings: finetune=true's, and the sweep command printed."""
-    candidates = candidates_for(args.models, args.zoo)
-    folder = output_folder(args)
-    check_writable(folder, "out", "selections/mine")
-    load_splits(data_section(args), args.seed)  # a missing dataset or column fails once, before any model loads
+    with library_bars():  # datasets' and the Hub's bars only where hf_tl's would show
+        candidates = candidates_for(args.models, args.zoo)
+        load_splits(data_section(args), args.seed)  # a missing dataset or column fails once, before any model loads
+        folder = output_folder(args)
+        check_writable(folder, "out", "selections/mine")
+        if args.precision != "fp32" and no_accelerator():
+            print(f"select: precision={args.precision} changes nothing on a CPU: features are computed in fp32 there")
+        try:
+            rows = score_all_candidates(candidates, args, folder)
+        except KeyboardInterrupt:
+            kept = folder / CANDIDATES_DIR
+            print(f"select: interrupted; finished candidates are kept in {kept}: run the same command again to go on")
+            raise
+        return write_outputs(rows, folder, args, list(overrides))
+
+
+def score_all_candidates(candidates: list[Candidate], args: SelectArgs, folder: Path) -> list[dict]:
+    """One row per candidate, in order: from an earlier run with the same settings, or scored now and kept."""
     rows: list[dict] = []
     durations: list[float] = []
     for i, candidate in enumerate(candidates):
@@ -86,7 +108,7 @@ def run_select(args: SelectArgs, overrides: list[str] = ()) -> Path:
         failed = sum(r["status"] == "failed" for r in rows)
         counts = progress(len(rows) - failed, failed, len(candidates) - len(rows), durations)
         print(f"select: {described(row, skipped)} {counts}", flush=True)
-    return write_outputs(rows, folder, args, list(overrides))
+    return rows
 
 
 def row_file(model: str) -> str:
@@ -155,21 +177,29 @@ def described(row: dict, skipped: bool) -> str:
 
 def write_outputs(rows: list[dict], folder: Path, args: SelectArgs, overrides: list[str]) -> Path:
     """The ranking files, the top-k study; with finetune=true, its sweep and the fine-tuned accuracies."""
-    title = f"{dataset_entry(args)['key']}: {len(rows)} candidate(s)"
+    title = f"{dataset_key(args.dataset)}: {len(rows)} candidate(s)"
     ranking.write_ranking(rows, folder, title)
     if not any(row["status"] == "ok" for row in rows):
         raise HfTlError(f"no candidate finished; why each failed is in {folder / ranking.RANKING_MD}.")
     study = ranking.write_study(rows, folder, dataset_entry(args), args.top_k)
+    sweep = sweep_folder(study, overrides)
     if args.finetune:
-        rows = with_finetuned(rows, finetune(study, folder, overrides))
+        rows = with_finetuned(rows, finetune(study, sweep, overrides))
         ranking.write_ranking(rows, folder, title)
     print((folder / ranking.RANKING_MD).read_text(), end="")
-    print(f"select: wrote {', '.join(str(folder / n) for n in OUTPUT_FILES)}")
+    written = [folder / name for name in OUTPUT_FILES] + ([sweep, folder / REPORT_DIR] if args.finetune else [])
+    print(f"select: wrote {', '.join(map(str, written))}")
     if not args.finetune:
         top = min(args.top_k, sum(row["status"] == "ok" for row in rows))
-        command = shlex.join(["hf-tl", "sweep", f"study={study}", f"out={folder / SWEEP_DIR}", *overrides])
+        command = shlex.join(["hf-tl", "sweep", f"study={study}", f"out={sweep}", *overrides])
         print(f"fine-tune the top {top} (or run select again with finetune=true): {command}")
     return folder
+
+
+def sweep_folder(study: Path, overrides: list[str]) -> Path:
+    """The study's own sweep folder: another top_k or other overrides get another, so no report mixes them."""
+    digest = hashlib.sha256("\n".join([study.read_text(), *overrides]).encode()).hexdigest()[:8]
+    return study.parent / f"{SWEEP_DIR}-{digest}"
 
 
 def dataset_entry(args: SelectArgs) -> dict:
@@ -181,12 +211,8 @@ def dataset_entry(args: SelectArgs) -> dict:
     if data:
         recipe["data"] = data
     recipe["training"] = {"seed": args.seed}  # it carves the validation split: the sweep's is select's
-    return {
-        "key": slug(Path(args.dataset).name or args.dataset),
-        "name": args.dataset,
-        "dataset": dataset,
-        "recipe": recipe,
-    }
+    key = dataset_key(args.dataset)
+    return {"key": key, "name": args.dataset if dataset == args.dataset else key, "dataset": dataset, "recipe": recipe}
 
 
 def changed(section: object, default: object, skip: tuple[str, ...]) -> dict:
@@ -198,10 +224,10 @@ def changed(section: object, default: object, skip: tuple[str, ...]) -> dict:
     }
 
 
-def finetune(study: Path, folder: Path, overrides: list[str]) -> Path:
-    """Run the top-k study with `hf-tl sweep`, then `hf-tl report` on it; the sweep folder."""
-    sweep = run_sweep(SweepArgs(study=str(study), out=str(folder / SWEEP_DIR)), overrides)
-    print(build_report([sweep], folder / REPORT_DIR, None))
+def finetune(study: Path, sweep: Path, overrides: list[str]) -> Path:
+    """Run the top-k study with `hf-tl sweep` into `sweep`, then `hf-tl report` on it beside the ranking."""
+    run_sweep(SweepArgs(study=str(study), out=str(sweep)), overrides)
+    print(build_report([sweep], study.parent / REPORT_DIR, None))
     return sweep
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shlex
 import shutil
 import signal
@@ -21,7 +22,7 @@ from transformers import AutoModelForImageClassification
 
 from hf_tl.cli.select import main
 from hf_tl.selection.ranking import RANKING_CSV, RANKING_MD, RANKING_PNG, STUDY_FILE
-from hf_tl.selection.select import CANDIDATES_DIR
+from hf_tl.selection.select import CANDIDATES_DIR, sweep_folder
 from hf_tl.studies.study import load_study
 
 
@@ -88,7 +89,8 @@ def test_select_ranks_three_families_with_their_costs_and_writes_every_file(
     assert {c.backbone.model for c in study.cells} == {r["model"] for r in best_two}
     assert {c.strategy.key for c in study.cells} == {"last_block", "full"}
     assert "[3/3 done, 0 failed, 0 left]" in stdout
-    sweep = f"hf-tl sweep study={out / STUDY_FILE} out={out / 'sweep'} training.epochs=1"  # the overrides too
+    sweep_dir = re.search(r"out=(\S+/sweep-[0-9a-f]{8}) ", stdout).group(1)  # the study's own folder
+    sweep = f"hf-tl sweep study={out / STUDY_FILE} out={sweep_dir} training.epochs=1"  # the overrides too
     assert f"fine-tune the top 2 (or run select again with finetune=true): {sweep}" in stdout
     pasted = run_cli(*shlex.split(sweep.replace("hf-tl", f"{sys.executable} -m hf_tl", 1)), "dry_run=true")
     assert pasted.returncode == 0 and "4 cell recipe(s) written" in pasted.stdout, pasted.stderr[-2000:]
@@ -137,6 +139,7 @@ def test_a_later_linear_probe_run_reuses_the_features_select_stored(
         (["models=[a,a]"], "models lists a more than once"),
         (["zoo=no_such_zoo"], "no_such_zoo"),
         (["models=[a]", "top_k=0"], "top_k"),
+        (["models=/some/folder"], "Use brackets: models=[/some/folder]"),
         (["models=[a]", "data.max_train_samples=5"], "unknown key 'data.max_train_samples'"),
         (["models=[a]", "training.lrr=1"], "training.lrr"),
         (["models=[a]", "training.epochs=-1"], "training.epochs"),
@@ -180,6 +183,17 @@ def test_two_folders_with_the_same_last_parts_are_two_candidates(
     assert code == 0 and f"{second}: probe" in stdout and stdout.count("(finished earlier: skipped)") == 1, stdout
 
 
+def test_each_study_and_set_of_overrides_gets_its_own_sweep_folder(tmp_path):
+    first, second = tmp_path / "a" / STUDY_FILE, tmp_path / "b" / STUDY_FILE
+    for path, text in ((first, "title: top 1\n"), (second, "title: top 2\n")):
+        path.parent.mkdir()
+        path.write_text(text)
+    assert sweep_folder(first, []).parent == first.parent and sweep_folder(first, []).name.startswith("sweep-")
+    assert sweep_folder(first, []) == sweep_folder(first, [])
+    assert sweep_folder(first, []).name != sweep_folder(second, []).name
+    assert sweep_folder(first, []) != sweep_folder(first, ["training.epochs=2"])
+
+
 def test_no_candidates_names_the_shipped_zoos(capsys):
     from hf_tl.selection.zoo import available_zoos
 
@@ -188,19 +202,22 @@ def test_no_candidates_names_the_shipped_zoos(capsys):
 
 
 @pytest.mark.slow
-def test_a_killed_select_resumes_and_skips_finished_candidates(
+def test_an_interrupted_select_resumes_and_skips_finished_candidates(
     tiny_vit, tiny_resnet, tiny_deit, digits_dir, tmp_path, feature_cache
 ):
     out = tmp_path / "selection"
     models = [str(tiny_vit), str(tiny_resnet), str(tiny_deit)]
     argv = [sys.executable, "-m", "hf_tl", "select", f"dataset={digits_dir}", f"models=[{','.join(models)}]"]
     argv.append(f"out={out}")
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list((out / CANDIDATES_DIR).glob("*.json")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while not list((out / CANDIDATES_DIR).glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        assert process.wait(timeout=120) != 0
+    said = (tmp_path / "killed.log").read_text()
+    assert "run the same command again to go on" in said and "Traceback" not in said, said[-2000:]
     first = [json.loads(p.read_text())["model"] for p in (out / CANDIDATES_DIR).glob("*.json")]
     assert first and len(first) < 3, "the kill came after every candidate had finished"
     assert not (out / RANKING_CSV).exists()
@@ -228,7 +245,7 @@ def test_finetune_runs_the_top_k_study_as_written_and_puts_its_accuracies_beside
     assert rows[2]["last_block_accuracy"] == rows[2]["full_accuracy"] == ""  # not in the top 2: not fine-tuned
     study = load_study(str(out / STUDY_FILE))
     assert study.cells[0].recipe(study.spec.base)["training"]["seed"] == 42  # select's split, a run's default seed
-    runs = list((out / "sweep").rglob("metrics.json"))
+    runs = list(out.glob("sweep-*/**/metrics.json"))
     assert len(runs) == 4
     for metrics in runs:
         assert json.loads(metrics.read_text())["eval_split"] == "train[10% held out, seed 42]"
