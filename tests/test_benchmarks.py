@@ -90,3 +90,27 @@ def test_augment_benchmark_trains_each_variant_and_says_whether_the_cache_ran(tm
     assert (flip["variant"], flip["feature_cache"]) == ("flip", True)  # flips are cached (both views)
     assert (crop["variant"], crop["feature_cache"]) == ("crop_flip", False)  # random crops cannot be
     assert 0 <= flip["mean_accuracy"] <= 1 and 0 <= crop["mean_accuracy"] <= 1
+
+
+@pytest.mark.slow
+def test_select_benchmark_ranks_fine_tunes_and_compares(tiny_vit, tiny_resnet, digits_dir, tmp_path):
+    zoo = tmp_path / "zoo.yaml"
+    zoo.write_text(
+        "description: two tiny backbones\nmodels:\n"
+        f"  - {{id: '{tiny_vit}', family: vit, note: tiny ViT}}\n"
+        f"  - {{id: '{tiny_resnet}', family: resnet, note: tiny ResNet}}\n"
+    )
+    result = benchmark(
+        "selection.py", f"--zoo={zoo}", f"--dataset={digits_dir}", "--epochs=1", f"--workdir={tmp_path / 'work'}",
+        f"--figure={tmp_path / 'ranking.png'}", "--json",
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    assert {row["model"] for row in report["rows"]} == {str(tiny_vit), str(tiny_resnet)}
+    for row in report["rows"]:
+        assert 0 <= row["last_block_accuracy"] <= 1 and 0 <= row["full_accuracy"] <= 1
+    assert set(report["kendall_tau"]) == {"probe_accuracy", "knn_accuracy", "logme"}
+    for taus in report["kendall_tau"].values():
+        assert all(v is None or -1 <= v <= 1 for v in taus.values())
+    seconds = report["seconds"]
+    assert report["time_ratio_vs_last_block"] == pytest.approx(seconds["select"] / seconds["last_block"], rel=0.02)
+    assert (tmp_path / "ranking.png").read_bytes()[:4] == b"\x89PNG"
