@@ -57,6 +57,7 @@ SETTINGS = (  # what a finished candidate's row depends on: a rerun with other v
     "max_eval_samples",
     "precision",
     "seed",
+    "on_bad_image",
 )
 
 
