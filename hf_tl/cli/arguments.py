@@ -92,8 +92,8 @@ def split_overrides(
             example_overrides = ", ".join(f"{s}.{EXAMPLE_KEYS[s]}" for s in sections if s in EXAMPLE_KEYS)
             raise RecipeError(
                 f"unknown key '{key}'.{did_you_mean(key, own)}\n  {command} keys: {', '.join(own)}\n"
-                f"  recipe overrides, applied to every run {command} starts, are dotted "
-                f"({', '.join(sections)} sections): {example_overrides}"
+                f"  recipe overrides, applied to every run {command} starts, are dotted keys of "
+                f"{', '.join(sections)}: {example_overrides}"
             )
     if any(o.startswith("output.dir=") for o in overrides):
         raise RecipeError(
