@@ -28,7 +28,7 @@ import torch
 from hf_tl.config.commands import SelectArgs, SweepArgs
 from hf_tl.config.recipe import DataSection
 from hf_tl.data.datasets import load_splits
-from hf_tl.device import no_accelerator
+from hf_tl.device import default_device, no_accelerator
 from hf_tl.errors import HfTlError, RecipeError, brief, scrub
 from hf_tl.progress import library_bars
 from hf_tl.runs.folder import METRICS_FILE, check_writable, write_json
@@ -143,7 +143,8 @@ def score_candidate(candidate: Candidate, args: SelectArgs) -> dict:
     row = {"model": candidate.id, "family": candidate.family, "status": "ok", "reason": None}
     try:
         features = extract(candidate.id, args)
-        scores = score_all(features.train, features.train_labels, features.eval, features.eval_labels, seed=args.seed)
+        tensors = (features.train, features.train_labels, features.eval, features.eval_labels)
+        scores = score_all(*(t.to(default_device()) for t in tensors), seed=args.seed)  # fitted on the accelerator
     except KeyboardInterrupt:
         raise
     except Exception as error:  # noqa: BLE001 - any candidate may fail in its own way; the others go on
