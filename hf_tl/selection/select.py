@@ -82,12 +82,11 @@ def run_select(args: SelectArgs, overrides: list[str] = ()) -> Path:
         if args.precision != "fp32" and no_accelerator():
             print(f"select: precision={args.precision} changes nothing on a CPU: features are computed in fp32 there")
         try:
-            rows = score_all_candidates(candidates, args, folder)
+            return write_outputs(score_all_candidates(candidates, args, folder), folder, args, list(overrides))
         except KeyboardInterrupt:
             kept = folder / CANDIDATES_DIR
             print(f"select: interrupted; finished candidates are kept in {kept}: run the same command again to go on")
             raise
-        return write_outputs(rows, folder, args, list(overrides))
 
 
 def score_all_candidates(candidates: list[Candidate], args: SelectArgs, folder: Path) -> list[dict]:
