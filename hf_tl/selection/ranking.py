@@ -345,8 +345,8 @@ def _study_header(path: Path, chosen: int, finished: int, dataset_name: str) -> 
         f"# Written by hf-tl select: the top {chosen} of {finished} finished candidate(s) on {on_one_line},\n"
         f"# ranked by linear-probe accuracy on frozen features ({RANKING_MD} beside this file), each fine-tuned\n"
         "# two ways: the last block (lr 1e-4, as malpure2021) and fully (lr 3e-5, as zhou2021), settings made for\n"
-        "# ImageNet-size backbones: give small or barely pretrained ones overrides (training.lr=2e-3 ...).\n"
-        f"#   hf-tl sweep study={study} [training.epochs=20 ...]   (select prints it with its own out=)\n"
+        "# ImageNet-size backbones; give small or barely pretrained ones their own, e.g. for the miniature zoo\n"
+        f"#   hf-tl sweep study={study} training.lr=1e-3 training.epochs=20   (select prints it with its out=)\n"
         "#   hf-tl report runs/sweeps/study   (the sweep's folder when no out= is given)\n"
     )
 
