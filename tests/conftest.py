@@ -249,14 +249,21 @@ def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
     }
 
 
-def exit_status_of(main, argv: list[str], capsys) -> tuple[int, str]:
-    """Run a command's `main` in this process as the command line does: its exit status and its stderr."""
+def outcome_of(main, argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run a command's `main` in this process as the command line does: its exit status, stdout and stderr."""
     try:
         main(argv)
         code = 0
     except SystemExit as e:
         code = e.code
-    return code, capsys.readouterr().err
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def exit_status_of(main, argv: list[str], capsys) -> tuple[int, str]:
+    """`outcome_of` without stdout: the exit status and stderr."""
+    code, _, err = outcome_of(main, argv, capsys)
+    return code, err
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import outcome_of, run_cli
 
 from hf_tl.config.recipe import load_recipe
 from hf_tl.errors import HfTlError
@@ -52,13 +52,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 def cli_exit(argv: list[str], capsys) -> tuple[int, str, str]:
     """`python -m hf_tl.train ARGV` in this process: exit status, stdout, stderr."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return outcome_of(main, argv, capsys)
 
 
 def user_folder(folder: Path) -> Path:

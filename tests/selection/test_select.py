@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_VIT, exit_status_of, run_cli
+from conftest import TINY_VIT, exit_status_of, outcome_of, run_cli
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForImageClassification
@@ -36,13 +36,7 @@ def feature_cache(tmp_path, monkeypatch) -> Path:
 
 def select(argv: list[str], capsys) -> tuple[int, str, str]:
     """`hf-tl select` in this process: its exit status, stdout and stderr."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return outcome_of(main, argv, capsys)
 
 
 def ranking_rows(folder: Path) -> list[dict]:
