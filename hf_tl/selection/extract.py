@@ -73,7 +73,7 @@ def read_features(trainer: HfTlTrainer, labels: list[str]) -> Extracted:
         "feature_dim": int(train.shape[1]),
         "num_train": len(train),
         "num_eval": len(evaluated),
-        "feature_store": cache.report["location"].removeprefix("disk: "),
+        "feature_store": str(store_folder(cache)),
         "reused_store": bool(cache.report.get("reused")),
     }
     train_labels, eval_labels = torch.tensor(cache.train_labels), torch.tensor(cache.eval_labels)
@@ -107,11 +107,15 @@ def store_timing(cache: FeatureCache, images: int) -> dict:
     """Seconds the frozen forward passes took, and images per second: this run's, or the reused store's own."""
     seconds = cache.report.get("build_seconds")
     if seconds is None:  # reused: the store records how long building it took
-        meta = Path(cache.report["location"].removeprefix("disk: ")) / META_FILE
-        seconds = json.loads(meta.read_text()).get("build_seconds")
+        seconds = json.loads((store_folder(cache) / META_FILE).read_text()).get("build_seconds")
     if not seconds:
         return {"extract_seconds": None, "images_per_second": None}
     return {"extract_seconds": round(seconds, 3), "images_per_second": round(images / seconds, 1)}
+
+
+def store_folder(cache: FeatureCache) -> Path:
+    """Where the store lives on disk (select always asks for a disk store): its report says `disk: FOLDER`."""
+    return Path(cache.report["location"].removeprefix("disk: "))
 
 
 def free_memory() -> None:

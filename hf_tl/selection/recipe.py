@@ -6,6 +6,7 @@ Imports no torch: the command checks it before anything heavy loads.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from hf_tl.config.commands import SelectArgs
@@ -40,20 +41,10 @@ def candidate_recipe(model: str, args: SelectArgs, work_dir: Path) -> Recipe:
 
 
 def data_section(args: SelectArgs) -> DataSection:
-    """The data as `select` reads it; a sweep of the top candidates reads the same split (`data_overrides`)."""
-    return DataSection(
-        dataset=args.dataset,
-        config_name=args.config_name,
-        eval_split=args.eval_split,
-        val_fraction=args.val_fraction,
-        image_column=args.image_column,
-        label_column=args.label_column,
-        max_train_samples=args.max_train_samples,
-        max_eval_samples=args.max_eval_samples,
-        augment="none",
-        num_workers=args.num_workers,
-        on_bad_image=args.on_bad_image,
-    )
+    """The data as `select` reads it: its data keys are DataSection's own (`same_option`), copied by name, and one
+    view of each image (augment none). The top-k study carries the same keys, so its sweep reads the same split."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DataSection) if hasattr(args, f.name)}
+    return DataSection(**given, augment="none")
 
 
 def check_select_args(args: SelectArgs, model: str, overrides: list[str]) -> None:
